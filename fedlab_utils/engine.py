@@ -1,0 +1,440 @@
+"""The round loop: ``flu.run(model, federation, algorithm, ...) -> History``.
+
+One round, as four named calls (TFF's simple_fedavg sketch):
+
+1. **broadcast** the global trainable parameters x (and any server state) to the sampled clients,
+2. **local update**: each client runs ``local_steps`` of SGD from x (``Algorithm.client_update``),
+3. **aggregate** the pseudo-gradients delta_i = x - y_i with the sampling scheme's weights,
+4. **server update** ``x <- x - server_lr * update(delta)`` (``Algorithm.server_update``).
+
+With ``backend="vectorized"`` the sampled clients train as one batched computation
+(``flu.batched``); ``backend="loop"`` is the plain per-client reference. Both draw the same
+minibatches from per-(seed, round, client) streams, so they agree up to summation order.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.func import functional_call
+
+from . import _checks as chk
+from . import algorithms as algs
+from . import finetune as ft
+from .batched import stacked_forward
+from .data import Federation
+from .history import History, metrics_frame
+
+LOSSES = ("cross_entropy", "mse")
+SAMPLING = ("uniform", "li_scheme_1", "li_scheme_2")
+BACKENDS = ("vectorized", "loop")
+_MASK64 = (1 << 64) - 1
+
+
+# ------------------------------------------------------------------------- random streams
+
+def stream(seed: int, *keys: int) -> torch.Generator:
+    """A torch generator for the stream ``(seed, *keys)`` (splitmix64 mixing): one stream per
+    (round, client, purpose), so changing one knob does not reshuffle the others."""
+    h = (seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & _MASK64
+    for k in keys:
+        h = ((h ^ (k + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) * 0xBF58476D1CE4E5B9) & _MASK64
+        h ^= h >> 31
+    return torch.Generator().manual_seed(h & ((1 << 63) - 1))
+
+
+_SAMPLE, _BATCH = 1, 2
+
+
+def select_clients(num_clients: int, k: int | None, p: torch.Tensor, sampling: str, seed: int, rnd: int):
+    """Clients of round ``rnd`` and their aggregation weights.
+
+    - full participation (``k`` None): every client, weights p_i.
+    - ``uniform``: k clients without replacement, p_i renormalised over them (biased when sizes differ).
+    - ``li_scheme_1`` (Li et al. 2020, ICLR, Scheme I): k draws with replacement by p_i, plain mean
+      (a client drawn twice counts twice).
+    - ``li_scheme_2`` (Scheme II): k uniform without replacement, weights p_i N / k (unbiased; they
+      sum to 1 only for balanced p).
+    """
+    if k is None or (k == num_clients and sampling != "li_scheme_1"):
+        return torch.arange(num_clients), p.clone()
+    g = stream(seed, rnd, _SAMPLE)
+    if sampling == "li_scheme_1":
+        draws = torch.multinomial(p, k, replacement=True, generator=g)
+        sel, counts = torch.unique(draws, return_counts=True)
+        return sel, counts.to(p.dtype) / k
+    sel = torch.randperm(num_clients, generator=g)[:k].sort().values
+    if sampling == "uniform":
+        return sel, p[sel] / p[sel].sum()
+    return sel, p[sel] * num_clients / k
+
+
+# ------------------------------------------------------------------------- batches and losses
+
+def batch_plan(sizes, offsets, clients, steps, batch_size, seed, rnd):
+    """Minibatch indices (into the flat training data) for every selected client and step.
+
+    Client i at step t takes ``batch_size`` distinct examples drawn afresh from its own stream
+    (seed, round, client); ``batch_size=None`` or ``n_i <= batch_size`` is its full batch.
+    Returns ``idx`` (K, T, B) long, per-example weights ``w`` (K, T, B) (1/b_i, 0 for padding)
+    and the step mask (K, T).
+    """
+    K, T = len(clients), int(steps.max())
+    n = sizes[clients]
+    B = int(n.max()) if batch_size is None else min(batch_size, int(n.max()))
+    idx = torch.zeros(K, T, B, dtype=torch.long)
+    w = torch.zeros(K, T, B, dtype=torch.float64)
+    for k, c in enumerate(clients.tolist()):
+        n_c, t_c, off = int(n[k]), int(steps[k]), int(offsets[c])
+        if batch_size is None or n_c <= batch_size:
+            idx[k, :t_c, :n_c] = off + torch.arange(n_c)
+            w[k, :t_c, :n_c] = 1.0 / n_c
+        else:
+            keys = torch.rand(t_c, n_c, generator=stream(seed, rnd, int(c), _BATCH))
+            idx[k, :t_c] = off + keys.topk(batch_size, dim=1, largest=False, sorted=False).indices
+            w[k, :t_c] = 1.0 / batch_size
+    mask = (torch.arange(T).unsqueeze(0) < steps.unsqueeze(1))
+    return idx, w, mask
+
+
+def sample_losses(out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """Per-example loss, shape ``out.shape[:-1]``.
+
+    ``cross_entropy``: softmax cross-entropy (binary cross-entropy on the logit for a one-output
+    model); ``mse``: torch's mean squared error per example, the mean over outputs (no 1/2);
+    integer labels with a multi-output model are one-hot encoded.
+    """
+    if loss == "cross_entropy":
+        if out.shape[-1] == 1:
+            return torch.nn.functional.binary_cross_entropy_with_logits(
+                out[..., 0], y.to(out.dtype), reduction="none")
+        flat = torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none")
+        return flat.reshape(y.shape)
+    if not y.is_floating_point() and out.shape[-1] > 1:
+        target = torch.nn.functional.one_hot(y, out.shape[-1]).to(out.dtype)
+    else:
+        target = y.to(out.dtype)
+    if target.dim() == out.dim() - 1:
+        target = target.unsqueeze(-1)
+    return ((out - target) ** 2).mean(-1)
+
+
+def predictions_correct(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    pred = (out[..., 0] > 0).long() if out.shape[-1] == 1 else out.argmax(-1)
+    return (pred == y).to(torch.float64)
+
+
+# ------------------------------------------------------------------------- local training
+
+class _Trainer:
+    """Local SGD on ``F_i(w) + <shift_i, w> + pull/2 ||w - x||^2 (+ l2/2 ||W||^2)``."""
+
+    def __init__(self, model, frozen, X, Y, loss, l2_names, l2, backend):
+        self.model, self.frozen, self.X, self.Y = model, frozen, X, Y
+        self.loss, self.l2_names, self.l2, self.backend = loss, l2_names, l2, backend
+
+    def __call__(self, x, idx, w, mask, lrs, shift=None, pull=0.0, start=None):
+        start = start if start is not None else {k: v.unsqueeze(0).expand(len(idx), *v.shape) for k, v in x.items()}
+        run = self._vectorized if self.backend == "vectorized" else self._loop
+        return run(x, idx, w, mask, lrs, shift, pull, start)
+
+    def _grad_terms(self, g, name, p, x, shift, pull, rows=slice(None)):
+        if self.l2 and name in self.l2_names:
+            g = g + self.l2 * p
+        if shift is not None and name in shift:
+            g = g + shift[name][rows]
+        if pull:
+            g = g + pull * (p - x[name])
+        return g
+
+    def _vectorized(self, x, idx, w, mask, lrs, shift, pull, start):
+        names = list(start)
+        P = {k: start[k].detach().clone() for k in names}
+        stacked = frozenset(names)
+        w = w.to(next(iter(P.values())).dtype)
+        for t in range(idx.shape[1]):
+            m = mask[:, t]
+            leaves = {k: P[k].requires_grad_() for k in names}
+            out = stacked_forward(self.model, {**self.frozen, **leaves}, self.X[idx[:, t]], stacked)
+            total = (sample_losses(out, self.Y[idx[:, t]], self.loss) * w[:, t]).sum()
+            grads = torch.autograd.grad(total, [leaves[k] for k in names])
+            full = bool(m.all())
+            with torch.no_grad():
+                for k, g in zip(names, grads):
+                    g = self._grad_terms(g, k, P[k], x, shift, pull)
+                    if not full:
+                        g = g * m.view(-1, *[1] * (g.dim() - 1)).to(g.dtype)
+                    P[k] = P[k].detach() - lrs[t] * g
+        return {k: v.detach() for k, v in P.items()}
+
+    def _loop(self, x, idx, w, mask, lrs, shift, pull, start):
+        names = list(start)
+        rows = []
+        for k in range(idx.shape[0]):
+            b = int((w[k, 0] > 0).sum())
+            P = {n: start[n][k].detach().clone() for n in names}
+            for t in range(int(mask[k].sum())):
+                leaves = {n: P[n].requires_grad_() for n in names}
+                sel = idx[k, t, :b]
+                out = functional_call(self.model, {**self.frozen, **leaves}, (self.X[sel],))
+                lval = sample_losses(out, self.Y[sel], self.loss).mean()
+                grads = torch.autograd.grad(lval, [leaves[n] for n in names])
+                with torch.no_grad():
+                    for n, g in zip(names, grads):
+                        g = self._grad_terms(g, n, P[n], x, shift, pull, rows=k)
+                        P[n] = P[n].detach() - lrs[t] * g
+            rows.append(P)
+        return {n: torch.stack([r[n] for r in rows]) for n in names}
+
+
+# ------------------------------------------------------------------------- evaluation
+
+class _Evaluator:
+    """Loss/accuracy of the global model on every client's train and test split, and pooled."""
+
+    def __init__(self, model, fed: Federation, dtype, loss, classification):
+        self.model, self.loss, self.classification = model, loss, classification
+        self.splits = {}
+        for split, pairs in (("train", fed.train), ("test", fed.test)):
+            sizes = [len(y) for _, y in pairs]
+            if sum(sizes) == 0:
+                continue
+            X = torch.cat([X for X, _ in pairs]).to(dtype)
+            Y = torch.cat([y for _, y in pairs])
+            cid = torch.repeat_interleave(torch.arange(len(pairs)), torch.tensor(sizes))
+            self.splits[split] = (X, Y, cid, torch.tensor(sizes, dtype=torch.float64))
+
+    @torch.no_grad()
+    def __call__(self, params, rnd, rows):
+        for split, (X, Y, cid, sizes) in self.splits.items():
+            out = torch.cat([functional_call(self.model, params, (X[i:i + 8192],)) for i in range(0, len(X), 8192)])
+            per = {"loss": sample_losses(out, Y, self.loss).to(torch.float64)}
+            if self.classification:
+                per["accuracy"] = predictions_correct(out, Y)
+            for metric, values in per.items():
+                if not math.isfinite(float(values.sum())):
+                    raise FloatingPointError(
+                        f"round {rnd}: the {split} {metric} is not finite (training diverged); "
+                        "try a smaller client_lr")
+                sums = torch.zeros(len(sizes), dtype=torch.float64).index_add_(0, cid, values)
+                keep = sizes > 0
+                clients = torch.arange(len(sizes))[keep]
+                _append(rows, rnd, -1, split, metric, float(values.mean()))
+                for c, v in zip(clients.tolist(), (sums[keep] / sizes[keep]).tolist()):
+                    _append(rows, rnd, c, split, metric, v)
+            if self.classification and split == "test":
+                _append(rows, rnd, -1, split, "f1_macro", f1_macro(out, Y))
+
+
+def _append(rows, rnd, client, split, metric, value):
+    rows["round"].append(rnd)
+    rows["client"].append(client)
+    rows["split"].append(split)
+    rows["model"].append("global")
+    rows["metric"].append(metric)
+    rows["value"].append(value)
+
+
+def f1_macro(out: torch.Tensor, y: torch.Tensor) -> float:
+    """Macro-averaged F1 over the classes present in ``y`` or predicted (scikit-learn's definition)."""
+    pred = (out[..., 0] > 0).long() if out.shape[-1] == 1 else out.argmax(-1)
+    C = max(int(out.shape[-1]), 2)
+    conf = torch.bincount(y * C + pred, minlength=C * C).reshape(C, C).to(torch.float64)
+    tp = conf.diag()
+    support, predicted = conf.sum(1), conf.sum(0)
+    present = (support + predicted) > 0
+    f1 = torch.where(present, 2 * tp / (support + predicted).clamp(min=1), torch.zeros_like(tp))
+    return float(f1[present].mean())
+
+
+# ------------------------------------------------------------------------- the run
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _describe(value):
+    """A JSON-able description of an argument for ``History.config``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_describe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _describe(v) for k, v in value.items()}
+    if isinstance(value, torch.nn.Module):
+        n = sum(p.numel() for p in value.parameters())
+        return f"{getattr(value, 'name', type(value).__name__)} ({n} parameters)"
+    if isinstance(value, algs.Algorithm):
+        return value.name
+    if isinstance(value, Federation):
+        return repr(value)
+    if callable(value):
+        return getattr(value, "__name__", repr(value))
+    return repr(value)
+
+
+def _check_schedule(client_lr):
+    if callable(client_lr):
+        return client_lr
+    chk.real("client_lr", client_lr, low=0, low_open=True)
+    return None
+
+
+def _steps_vector(local_steps, N):
+    if isinstance(local_steps, numbers.Integral) and not isinstance(local_steps, bool):
+        return torch.full((N,), chk.integer("local_steps", local_steps, low=1), dtype=torch.long)
+    steps = list(local_steps) if isinstance(local_steps, (list, tuple, np.ndarray, torch.Tensor)) else None
+    if steps is None:
+        raise TypeError(f"local_steps must be an int or one int per client, got {type(local_steps).__name__}")
+    if len(steps) != N:
+        chk.fail("local_steps", f"one int per client ({N} clients)", f"a list of length {len(steps)}")
+    return torch.tensor([chk.integer("local_steps[i]", int(s) if isinstance(s, (np.integer, torch.Tensor)) else s,
+                                     low=1) for s in steps], dtype=torch.long)
+
+
+def run(model, federation, algorithm="fedavg", num_rounds=50, local_steps=5, client_lr=0.05,
+        batch_size=16, server_lr=None, clients_per_round=None, sampling="uniform", weights="samples",
+        loss="cross_entropy", l2=0.0, finetune="full", systems=None, eval_every=1, backend="vectorized",
+        record_params=False, diagnostics=False, progress=True, seed=0, **algorithm_options) -> History:
+    """Train ``model`` on ``federation`` with a federated ``algorithm``; return a :class:`History`.
+
+    Minimises F(x) = sum_i p_i F_i(x), F_i the mean ``loss`` on client i's training data plus
+    ``l2/2 ||W||^2`` over weight tensors (biases excluded), with p_i from ``weights``. See
+    DESIGN.md (Contracts) for every argument; ``client_lr`` may be a callable ``(round, step)``
+    with rounds counted from 1 and steps from 0 within a round.
+    """
+    config = {k: _describe(v) for k, v in dict(
+        model=model, federation=federation, algorithm=algorithm, num_rounds=num_rounds,
+        local_steps=local_steps, client_lr=client_lr, batch_size=batch_size, server_lr=server_lr,
+        clients_per_round=clients_per_round, sampling=sampling, weights=weights, loss=loss, l2=l2,
+        finetune=finetune, systems=systems, eval_every=eval_every, backend=backend,
+        record_params=record_params, diagnostics=diagnostics, seed=seed, **algorithm_options).items()}
+    # ---- validation
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(federation, Federation):
+        raise TypeError(f"federation must be an flu.data.Federation, got {type(federation).__name__}")
+    alg = algs.get(algorithm)
+    num_rounds = chk.integer("num_rounds", num_rounds, low=1)
+    N = federation.num_clients
+    steps_all = _steps_vector(local_steps, N)
+    schedule = _check_schedule(client_lr)
+    if batch_size is not None:
+        batch_size = chk.integer("batch_size", batch_size, low=1)
+    if clients_per_round is not None:
+        clients_per_round = chk.integer("clients_per_round", clients_per_round, low=1, high=N)
+    chk.option("sampling", sampling, SAMPLING)
+    chk.option("weights", weights, ("samples", "uniform"))
+    chk.option("loss", loss, LOSSES)
+    l2 = chk.real("l2", l2, low=0)
+    chk.option("backend", backend, BACKENDS)
+    eval_every = chk.integer("eval_every", eval_every, low=1)
+    seed = chk.integer("seed", seed, low=0)
+    if systems is not None:
+        chk.fail("systems", "None (systems heterogeneity simulation is not available yet)", systems)
+    ft_opts = {k: v for k, v in algorithm_options.items() if k in ft.ALL_OPTIONS}
+    alg_opts = {k: v for k, v in algorithm_options.items() if k not in ft.ALL_OPTIONS}
+    for key in alg_opts:
+        if key not in alg.options:
+            chk.fail(key, f"an option of algorithm {alg.name!r} (options: {sorted(alg.options) or 'none'})",
+                     alg_opts[key])
+    options = {**alg.options, **alg_opts}
+    alg.check_options(options)
+    server_lr = alg.default_server_lr if server_lr is None else chk.real("server_lr", server_lr, low=0, low_open=True)
+
+    plan = ft.prepare(copy.deepcopy(model), finetune, **ft_opts)
+    net = plan.model
+    params = {k: v.detach().clone() for k, v in net.named_parameters()}
+    if not params:
+        chk.fail("model", "a module with parameters", type(model).__name__)
+    dtype = next(iter(params.values())).dtype
+    trainable = list(plan.trainable)
+    frozen = {k: v for k, v in params.items() if k not in plan.trainable}
+    l2_names = {k for k in trainable if params[k].dim() >= 2}
+
+    # ---- data as flat tensors with per-client offsets
+    X = torch.cat([x for x, _ in federation.train]).to(dtype)
+    Y = torch.cat([y for _, y in federation.train])
+    classification = not Y.is_floating_point()
+    if loss == "cross_entropy" and not classification:
+        chk.fail("loss", "'mse' for real-valued targets", loss)
+    sizes = torch.as_tensor(federation.sizes)
+    offsets = torch.cumsum(sizes, 0) - sizes
+    p = torch.as_tensor(federation.weights(weights), dtype=torch.float64)
+    evaluator = _Evaluator(net, federation, dtype, loss, classification)
+    trainer = _Trainer(net, frozen, X, Y, loss, l2_names, l2, backend)
+
+    x = {k: params[k] for k in trainable}
+    server_state = alg.init_server(x, options)
+    template = alg.init_client(x, options)
+    client_state = {k: v.unsqueeze(0).repeat(N, *[1] * v.dim()) for k, v in template.items()}
+    trainable_bytes = sum(_nbytes(v) for v in x.values())
+    trainable_count = sum(v.numel() for v in x.values())
+
+    rows = {c: [] for c in ("round", "client", "split", "model", "metric", "value")}
+    round_rows, timing_rows = [], []
+    trajectory = [_full(params, x)] if record_params else None
+    evaluator(_full(params, x), 0, rows)
+
+    from tqdm.auto import tqdm
+    for rnd in tqdm(range(1, num_rounds + 1), disable=not progress, desc=alg.label or alg.name, leave=False):
+        t0 = time.perf_counter()
+        sel, agg_w = select_clients(N, clients_per_round, p, sampling, seed, rnd)
+        steps = steps_all[sel]
+        T = int(steps.max())
+        lrs = [float(schedule(rnd, t)) if schedule else float(client_lr) for t in range(T)]
+        if schedule and not all(math.isfinite(v) and v > 0 for v in lrs):
+            chk.fail("client_lr", "a schedule returning positive finite learning rates", lrs)
+        lr_sum = torch.tensor([sum(lrs[:s]) for s in steps.tolist()], dtype=dtype)
+        idx, bw, mask = batch_plan(sizes, offsets, sel, steps, batch_size, seed, rnd)
+        t_local = [0.0]
+
+        def train(shift=None, pull=0.0, start=None, _idx=idx, _bw=bw, _mask=mask, _lrs=lrs):
+            t1 = time.perf_counter()
+            out = trainer(x, _idx, _bw, _mask, _lrs, shift=shift, pull=pull, start=start)
+            t_local[0] += time.perf_counter() - t1
+            return out
+
+        state_sel = {k: v[sel] for k, v in client_state.items()}
+        result = alg.client_update(algs.ClientRound(x, state_sel, server_state, steps, lr_sum, options, train))
+        for k, v in result.state.items():
+            client_state[k][sel] = v
+        x_new, server_state = alg.server_update(algs.ServerRound(
+            x, server_state, result.delta, result.upload, agg_w.to(dtype), p[sel].to(dtype), steps, server_lr,
+            options, N))
+        if not all(bool(torch.isfinite(v).all()) for v in x_new.values()):
+            raise FloatingPointError(f"round {rnd}: the global parameters became NaN or infinite (training "
+                                     f"diverged); try a smaller client_lr (now {lrs[0]:g}) or server_lr")
+        x = {k: x_new[k] for k in trainable}
+        K = len(sel)
+        up_extra = sum(_nbytes(v) for v in result.upload.values())
+        down_extra = sum(_nbytes(server_state[k]) for k in alg.broadcast) * K
+        round_rows.append(dict(round=rnd, clients_selected=K, clients_completed=K,
+                               bytes_up=K * trainable_bytes + up_extra,
+                               bytes_down=K * trainable_bytes + down_extra, trainable_params=trainable_count))
+        if record_params:
+            trajectory.append(_full(params, x))
+        if rnd % eval_every == 0 or rnd == num_rounds:
+            evaluator(_full(params, x), rnd, rows)
+        seconds = time.perf_counter() - t0
+        timing_rows.append(dict(round=rnd, seconds=seconds, local_seconds=t_local[0],
+                                seconds_per_step=t_local[0] / T))
+
+    final = _full(params, x)
+    trained = copy.deepcopy(net)
+    with torch.no_grad():
+        for k, v in trained.named_parameters():
+            v.copy_(final[k])
+    return History(metrics_frame(rows), pd.DataFrame(round_rows), pd.DataFrame(timing_rows), config, final,
+                   trained, trajectory, client_state)
+
+
+def _full(params, x):
+    """All parameters (frozen ones from ``params``, trainable from ``x``), detached copies."""
+    return {k: (x[k] if k in x else v).detach().clone() for k, v in params.items()}
+
