@@ -1,0 +1,361 @@
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.spatial.distance import jensenshannon
+from sklearn.datasets import load_digits
+
+from fedlab_utils import partition
+
+Y = load_digits().target  # 1,797 labels, 10 classes of about 180
+N_SAMPLES, C = len(Y), 10
+GROUPS = np.random.default_rng(0).integers(0, 13, size=N_SAMPLES) * 7  # sparse, unsorted ids
+
+# name -> partition(y, seed); natural ignores the seed
+PARTITIONERS = {
+    "iid": lambda y, seed: partition.iid(y, 10, seed=seed),
+    "dirichlet": lambda y, seed: partition.dirichlet(y, 10, alpha=0.5, seed=seed),
+    "dirichlet_small_alpha": lambda y, seed: partition.dirichlet(y, 20, alpha=0.1, seed=seed, min_size=0),
+    "dirichlet_per_class": lambda y, seed: partition.dirichlet(y, 7, alpha=np.linspace(0.1, 5, C), seed=seed),
+    "pathological": lambda y, seed: partition.pathological(y, 10, classes_per_client=2, seed=seed),
+    "pathological_uneven": lambda y, seed: partition.pathological(y, 7, classes_per_client=3, seed=seed),
+    "shards": lambda y, seed: partition.shards(y, 10, shards_per_client=2, seed=seed),
+    "quantity_skew": lambda y, seed: partition.quantity_skew(y, 10, sigma=1.0, seed=seed),
+    "inner_dirichlet": lambda y, seed: partition.inner_dirichlet(y, 10, alpha=1.0, seed=seed),
+    "inner_dirichlet_exhausting": lambda y, seed: partition.inner_dirichlet(y, 60, alpha=0.01, seed=seed),
+    "natural": lambda y, seed: partition.natural(GROUPS),
+}
+STOCHASTIC = [name for name in PARTITIONERS if name != "natural"]
+
+
+def mean_metrics(make, seeds=range(5)):
+    hs = [partition.heterogeneity(make(seed), Y) for seed in seeds]
+    return {key: np.mean([h[key] for h in hs]) for key in hs[0]}
+
+
+# ---------------------------------------------------------------- contract over every partitioner
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+@pytest.mark.parametrize("name", PARTITIONERS)
+def test_every_sample_exactly_once(name, seed):
+    part = PARTITIONERS[name](Y, seed)
+    flat = np.concatenate(list(part))
+    assert np.array_equal(np.sort(flat), np.arange(N_SAMPLES))
+    assert part.sizes.sum() == N_SAMPLES
+
+
+@pytest.mark.parametrize("name", PARTITIONERS)
+def test_partition_shape(name):
+    part = PARTITIONERS[name](Y, 0)
+    assert len(part) == part.num_clients == len(part.sizes)
+    assert len(list(part)) == len(part)
+    for i in range(len(part)):
+        assert part[i].dtype == np.int64
+        assert np.all(np.diff(part[i]) > 0)  # sorted, no duplicates
+        assert len(part[i]) == part.sizes[i]
+    json.dumps(part.params)  # recordable in a History config
+    assert part.name in repr(part)
+
+
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_same_seed_same_partition_different_seed_differs(name):
+    make = PARTITIONERS[name]
+    assert make(Y, 3) == make(Y, 3)
+    assert make(Y, 3) != make(Y, 4)
+
+
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_torch_labels_give_the_same_partition(name):
+    make = PARTITIONERS[name]
+    assert make(torch.as_tensor(Y), 0) == make(Y, 0)
+
+
+def test_partition_feeds_federate():
+    from fedlab_utils import data
+
+    X = torch.randn(N_SAMPLES, 3)
+    part = partition.dirichlet(Y, 5, alpha=1.0, seed=0)
+    fed = data.federate(X, torch.as_tensor(Y), part, test_fraction=0.2, seed=0)
+    assert fed.num_clients == 5
+    assert int(fed.sizes.sum() + fed.test_sizes.sum()) == N_SAMPLES
+
+
+# ---------------------------------------------------------------- dirichlet
+
+def test_dirichlet_heterogeneity_falls_as_alpha_grows():
+    alphas = [0.05, 0.2, 1.0, 10.0, 1000.0]
+    ms = [mean_metrics(lambda s, a=a: partition.dirichlet(Y, 10, a, seed=s)) for a in alphas]
+    js = [m["js_divergence"] for m in ms]
+    emd = [m["emd"] for m in ms]
+    eff = [m["effective_classes"] for m in ms]
+    spread = [m["effective_clients"] for m in ms]
+    assert all(a > b for a, b in zip(js, js[1:]))
+    assert all(a > b for a, b in zip(emd, emd[1:]))
+    assert all(a < b for a, b in zip(eff, eff[1:]))
+    assert all(a < b for a, b in zip(spread, spread[1:]))
+    assert js[-1] < 0.002 and emd[-1] < 0.06 and eff[-1] > 9.9
+    assert js[0] > 0.4 and eff[0] < 3.0
+    assert spread[0] < 2.5  # at alpha=0.05 a class sits on about two of the ten clients
+
+
+def test_dirichlet_alpha_per_class():
+    alpha = np.full(C, 100.0)
+    alpha[3] = 0.01
+    spreads = []
+    for seed in range(5):
+        counts = partition.label_counts(partition.dirichlet(Y, 10, alpha, seed=seed, min_size=0), Y)
+        per = counts.pivot(index="label", columns="client", values="count").to_numpy()
+        q = per / per.sum(axis=1, keepdims=True)
+        spreads.append(np.exp(-(q * np.log(np.where(q > 0, q, 1))).sum(axis=1)))
+    spread = np.mean(spreads, axis=0)
+    assert spread[3] < 1.5  # class 3 stays on about one client
+    assert np.all(np.delete(spread, 3) > 9.0)  # the others spread over nearly all ten
+
+
+def test_dirichlet_min_size_is_met():
+    for seed in range(3):
+        part = partition.dirichlet(Y, 20, alpha=0.3, seed=seed, min_size=30)
+        assert part.sizes.min() >= 30
+
+
+def test_dirichlet_unreachable_min_size_raises_quickly():
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="min_size.*cannot be met.*larger alpha"):
+        partition.dirichlet(Y, 50, alpha=0.001, seed=0, min_size=1)
+    assert time.perf_counter() - start < 5.0
+    with pytest.raises(ValueError, match="min_size"):
+        partition.dirichlet(Y, 10, alpha=1.0, min_size=N_SAMPLES // 10 + 1)
+
+
+# ---------------------------------------------------------------- inner_dirichlet
+
+def test_inner_dirichlet_sizes_are_equal():
+    part = partition.inner_dirichlet(Y, 20, alpha=0.1, seed=0)
+    base = N_SAMPLES // 20
+    expected = np.full(20, base)
+    expected[: N_SAMPLES % 20] += 1
+    assert np.array_equal(part.sizes, expected)
+
+
+def test_inner_dirichlet_concentrates_clients_as_alpha_shrinks():
+    alphas = [0.01, 0.1, 1.0, 10.0, 1000.0]
+    eff = [mean_metrics(lambda s, a=a: partition.inner_dirichlet(Y, 20, a, seed=s))["effective_classes"]
+           for a in alphas]
+    assert all(a < b for a, b in zip(eff, eff[1:]))
+    assert eff[0] < 2.5
+    assert eff[-1] > 9.0
+    iid = mean_metrics(lambda s: partition.iid(Y, 20, seed=s))["effective_classes"]
+    assert eff[-1] == pytest.approx(iid, abs=0.3)
+
+
+def test_inner_dirichlet_handles_a_rare_class():
+    y = np.r_[np.zeros(300, int), np.ones(5, int), np.full(100, 2)]
+    for seed in range(5):
+        part = partition.inner_dirichlet(y, 9, alpha=0.05, seed=seed)
+        assert np.array_equal(np.sort(np.concatenate(list(part))), np.arange(len(y)))
+        assert part.sizes.max() - part.sizes.min() <= 1
+
+
+# ---------------------------------------------------------------- pathological, shards
+
+@pytest.mark.parametrize("num_clients, k", [(10, 1), (10, 2), (20, 2), (7, 3), (4, 3), (5, 10)])
+def test_pathological_classes_per_client(num_clients, k):
+    part = partition.pathological(Y, num_clients, classes_per_client=k, seed=1)
+    counts = partition.label_counts(part, Y).pivot(index="client", columns="label", values="count").to_numpy()
+    assert np.all((counts > 0).sum(axis=1) == k)
+    assert np.all(counts.sum(axis=0) == np.bincount(Y))  # every class reaches some client
+    holders = (counts > 0).sum(axis=0)  # classes spread as evenly as the counts allow
+    assert holders.min() >= (num_clients * k) // C and holders.max() <= -(-num_clients * k // C)
+    for c in range(C):  # split evenly among the clients that hold the class
+        held = counts[:, c][counts[:, c] > 0]
+        assert held.max() - held.min() <= 1
+
+
+def test_pathological_class_sets_vary():
+    # 10 clients x 2 classes: a fixed round-robin would give 5 disjoint pairs, each held twice
+    distinct = [len({tuple(np.unique(Y[idx])) for idx in partition.pathological(Y, 10, 2, seed=s)})
+                for s in range(5)]
+    assert max(distinct) > 5
+
+
+def test_shards_sizes_and_labels():
+    part = partition.shards(Y, 10, shards_per_client=2, seed=0)
+    shard = N_SAMPLES / 20  # 89.85: shards of 89 or 90
+    assert np.all(part.sizes >= 2 * np.floor(shard)) and np.all(part.sizes <= 2 * np.ceil(shard))
+    for k in (1, 2):  # shards (<= 90) are shorter than any class (>= 174): two labels at most each
+        part = partition.shards(Y, 20, shards_per_client=k, seed=3)
+        for idx in part:
+            assert len(np.unique(Y[idx])) <= 2 * k
+
+
+# ---------------------------------------------------------------- quantity_skew, natural
+
+def test_quantity_skew_sizes():
+    for seed in range(3):
+        sizes = partition.quantity_skew(Y, 13, sigma=0.0, seed=seed).sizes
+        assert sizes.max() - sizes.min() <= 1
+    cv = [mean_metrics(lambda s, g=g: partition.quantity_skew(Y, 20, g, seed=s))["size_cv"]
+          for g in (0.0, 0.5, 1.0, 2.0)]
+    assert cv[0] < 0.01
+    assert all(a < b for a, b in zip(cv, cv[1:]))
+    assert partition.quantity_skew(Y, 100, sigma=5.0, seed=0).sizes.min() >= 1
+
+
+def test_quantity_skew_keeps_label_mix():
+    h = mean_metrics(lambda s: partition.quantity_skew(Y, 5, sigma=0.3, seed=s))
+    assert h["js_divergence"] < 0.02 and h["size_cv"] > 0.1
+
+
+def test_natural_matches_groups():
+    part = partition.natural(torch.as_tensor(GROUPS))
+    ids = np.unique(GROUPS)
+    assert len(part) == len(ids)
+    assert part.params["client_ids"] == ids.tolist()
+    for i, g in enumerate(ids):
+        assert np.array_equal(part[i], np.flatnonzero(GROUPS == g))
+    names = partition.natural(np.array(["bob", "al", "bob", "cy"]))
+    assert names.params["client_ids"] == ["al", "bob", "cy"]
+    assert [p.tolist() for p in names] == [[1], [0, 2], [3]]
+
+
+# ---------------------------------------------------------------- label_counts, heterogeneity
+
+def test_label_counts_table():
+    part = partition.dirichlet(Y, 6, alpha=0.1, seed=0, min_size=0)
+    df = partition.label_counts(part, torch.as_tensor(Y))
+    assert list(df.columns) == ["client", "label", "count"]
+    assert all(df[c].dtype == np.int64 for c in df.columns)
+    assert len(df) == 6 * C  # zeros included
+    assert df["count"].sum() == N_SAMPLES
+    for i in range(6):
+        got = df[df.client == i].sort_values("label")["count"].to_numpy()
+        assert np.array_equal(got, np.bincount(Y[part[i]], minlength=C))
+    # plain index lists work too; labels missing from y still get rows up to the largest
+    small = partition.label_counts([[0, 1], [2]], np.array([0, 3, 3]))
+    assert small["count"].tolist() == [1, 0, 0, 1, 0, 0, 0, 1]
+
+
+def test_heterogeneity_hand_computed():
+    # client 0 holds labels [0, 0], client 1 holds [0, 1]: counts [[2, 0], [1, 1]], pooled p = (3/4, 1/4)
+    h = partition.heterogeneity([[0, 1], [2, 3]], np.array([0, 0, 0, 1]))
+    assert set(h) >= {"js_divergence", "emd", "effective_classes", "size_gini", "size_cv"}
+    # JS = KL(p_i || m) / 2 + KL(p || m) / 2 with m = (p_i + p) / 2, logs base 2
+    js0 = 0.5 * np.log2(8 / 7) + 0.5 * (0.75 * np.log2(6 / 7) + 0.25 * np.log2(2))     # m = (7/8, 1/8)
+    js1 = (0.5 * (0.5 * np.log2(4 / 5) + 0.5 * np.log2(4 / 3))
+           + 0.5 * (0.75 * np.log2(6 / 5) + 0.25 * np.log2(2 / 3)))                     # m = (5/8, 3/8)
+    assert h["js_divergence"] == pytest.approx((js0 + js1) / 2)
+    assert h["emd"] == pytest.approx((0.5 + 0.5) / 2)       # |1-3/4|+|0-1/4|, |1/2-3/4|+|1/2-1/4|
+    assert h["effective_classes"] == pytest.approx((1 + 2) / 2)  # exp(0), exp(ln 2)
+    assert h["size_gini"] == 0.0 and h["size_cv"] == 0.0     # sizes (2, 2)
+    # label 0 is spread 2:1 over the clients, label 1 sits on one client
+    spread0 = np.exp(-(2 / 3) * np.log(2 / 3) - (1 / 3) * np.log(1 / 3))
+    assert h["effective_clients"] == pytest.approx((spread0 + 1) / 2)
+
+
+def test_heterogeneity_sizes_hand_computed():
+    y = np.array([0, 0, 0, 1])
+    h = partition.heterogeneity([[0], [1, 2, 3]], y)  # sizes (1, 3)
+    assert h["size_gini"] == pytest.approx(2 * 2 / (2 * 2**2 * 2))  # |1-3| + |3-1| over 2 N^2 mean
+    assert h["size_cv"] == pytest.approx(1 / 2)  # std 1, mean 2
+    h = partition.heterogeneity([[0, 1, 2, 3], []], y)  # sizes (4, 0): the empty client is skipped
+    assert h["size_gini"] == pytest.approx(8 / (2 * 4 * 2)) and h["size_cv"] == pytest.approx(1.0)
+    assert h["js_divergence"] == pytest.approx(0.0, abs=1e-12) and h["emd"] == 0.0
+    assert h["effective_classes"] == pytest.approx(np.exp(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25))))
+    assert h["empty_clients"] == 1
+
+
+def test_js_divergence_matches_scipy():
+    part = partition.dirichlet(Y, 12, alpha=0.3, seed=2)
+    counts = partition.label_counts(part, Y).pivot(index="client", columns="label", values="count").to_numpy()
+    p = counts.sum(axis=0) / counts.sum()
+    want = np.mean([jensenshannon(row / row.sum(), p, base=2) ** 2 for row in counts])
+    assert partition.heterogeneity(part, Y)["js_divergence"] == pytest.approx(want, rel=1e-9)
+
+
+def test_identical_clients_have_zero_heterogeneity():
+    y = np.tile(np.arange(4), 5)
+    h = partition.heterogeneity([np.arange(i * 4, i * 4 + 4) for i in range(5)], y)
+    assert h["js_divergence"] == pytest.approx(0, abs=1e-12) and h["emd"] == pytest.approx(0, abs=1e-12)
+    assert h["effective_classes"] == pytest.approx(4) and h["size_gini"] == 0
+
+
+# ---------------------------------------------------------------- bad input
+
+ALL_WITH_NUM_CLIENTS = {
+    "iid": lambda y, n: partition.iid(y, n),
+    "dirichlet": lambda y, n: partition.dirichlet(y, n, alpha=1.0, min_size=0),
+    "pathological": lambda y, n: partition.pathological(y, n, classes_per_client=1),
+    "shards": lambda y, n: partition.shards(y, n, shards_per_client=1),
+    "quantity_skew": lambda y, n: partition.quantity_skew(y, n, sigma=1.0),
+    "inner_dirichlet": lambda y, n: partition.inner_dirichlet(y, n, alpha=1.0),
+}
+
+
+@pytest.mark.parametrize("name", ALL_WITH_NUM_CLIENTS)
+def test_bad_num_clients(name):
+    make = ALL_WITH_NUM_CLIENTS[name]
+    with pytest.raises(ValueError, match="num_clients"):
+        make(Y, 0)
+    with pytest.raises(ValueError, match="num_clients.*number of samples"):
+        make(np.array([0, 1, 1]), 4)
+    with pytest.raises(TypeError, match="num_clients"):
+        make(Y, 2.0)
+
+
+@pytest.mark.parametrize("name", ["dirichlet", "pathological", "shards", "inner_dirichlet"])
+@pytest.mark.parametrize("bad", [np.array([0.0, np.nan, 1.0]), np.array([0.0, 1.5, 1.0]),
+                                 np.array([0, -1, 1]), np.zeros((3, 2), int)])
+def test_bad_labels(name, bad):
+    with pytest.raises(ValueError, match="y"):
+        ALL_WITH_NUM_CLIENTS[name](bad, 2)
+
+
+def test_bad_labels_in_tables():
+    with pytest.raises(ValueError, match="y"):
+        partition.label_counts([[0], [1]], np.array([0.5, 1.0]))
+    with pytest.raises(ValueError, match="y"):
+        partition.heterogeneity([[0], [1]], torch.tensor([0.0, float("nan")]))
+    with pytest.raises(ValueError, match="part"):
+        partition.label_counts([[0], [5]], np.array([0, 1]))
+
+
+@pytest.mark.parametrize("alpha", [0, -1.0, float("nan"), float("inf"),
+                                   [1.0] * (C - 1), [1.0] * (C - 1) + [0.0]])
+def test_dirichlet_bad_alpha(alpha):
+    with pytest.raises(ValueError, match="alpha"):
+        partition.dirichlet(Y, 5, alpha=alpha)
+
+
+@pytest.mark.parametrize("alpha", [0, -0.5, float("nan")])
+def test_inner_dirichlet_bad_alpha(alpha):
+    with pytest.raises(ValueError, match="alpha"):
+        partition.inner_dirichlet(Y, 5, alpha=alpha)
+
+
+def test_pathological_bad_classes_per_client():
+    with pytest.raises(ValueError, match="classes_per_client"):
+        partition.pathological(Y, 20, classes_per_client=C + 1)
+    with pytest.raises(ValueError, match="classes_per_client"):
+        partition.pathological(Y, 3, classes_per_client=2)  # 3 * 2 < 10: some class reaches no client
+    with pytest.raises(ValueError, match="classes_per_client"):
+        partition.pathological(Y, 3, classes_per_client=0)
+    with pytest.raises(ValueError, match="num_clients"):  # class 1 has one sample for three holders
+        partition.pathological(np.array([0] * 6 + [1]), 6, classes_per_client=1)
+
+
+def test_other_bad_arguments():
+    with pytest.raises(ValueError, match="shards_per_client"):
+        partition.shards(Y, 10, shards_per_client=N_SAMPLES // 10 + 1)
+    with pytest.raises(ValueError, match="sigma"):
+        partition.quantity_skew(Y, 10, sigma=-0.1)
+    with pytest.raises(ValueError, match="seed"):
+        partition.iid(Y, 10, seed=-1)
+    with pytest.raises(ValueError, match="min_size"):
+        partition.dirichlet(Y, 10, alpha=1.0, min_size=-1)
+    with pytest.raises(ValueError, match="groups"):
+        partition.natural(np.array([1.0, np.nan]))
+    with pytest.raises(ValueError, match="groups"):
+        partition.natural(np.array([]))
