@@ -15,6 +15,7 @@ import torch
 from . import _checks as chk
 
 DATASETS = ("digits", "breast_cancer", "wine", "synthetic")
+SPLITS = ("train", "test", "val", "support", "query")
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class Federation:
     name: str = "federation"
     shape: tuple | None = None
     meta: dict = field(default_factory=dict)
+    splits: tuple = ("train", "test")  # names in History.metrics; few-shot: ("support", "query")
 
     def __post_init__(self):
         if len(self.train) == 0:
@@ -137,6 +139,8 @@ class Federation:
                     chk.fail(f"{split}[{i}]", "X and y of equal length", f"{len(X)} and {len(y)}")
                 chk.finite_tensor(f"{split}[{i}] X", X)
                 chk.finite_tensor(f"{split}[{i}] y", y)
+        if len(self.splits) != 2 or any(s not in SPLITS for s in self.splits):
+            chk.fail("splits", f"two names from {SPLITS}", self.splits)
         for i, (X, _) in enumerate(self.train):
             if len(X) == 0:
                 chk.fail(f"client {i}", "given at least one training example", "0 examples")
@@ -177,7 +181,7 @@ class Federation:
         """A new federation with ``X -> fn(i, X)`` applied to client i's train and test inputs."""
         train = tuple((fn(i, X), y) for i, (X, y) in enumerate(self.train))
         test = tuple((fn(i, X), y) for i, (X, y) in enumerate(self.test))
-        return Federation(train, test, name or self.name, self.shape, dict(self.meta))
+        return Federation(train, test, name or self.name, self.shape, dict(self.meta), self.splits)
 
     def __repr__(self):
         return (f"Federation({self.name!r}, clients={self.num_clients}, train={int(self.sizes.sum())}, "

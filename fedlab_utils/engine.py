@@ -79,26 +79,32 @@ def select_clients(num_clients: int, k: int | None, p: torch.Tensor, sampling: s
 def batch_plan(sizes, offsets, clients, steps, batch_size, seed, rnd):
     """Minibatch indices (into the flat training data) for every selected client and step.
 
-    Client i at step t takes ``batch_size`` distinct examples drawn afresh from its own stream
-    (seed, round, client); ``batch_size=None`` or ``n_i <= batch_size`` is its full batch.
-    Returns ``idx`` (K, T, B) long, per-example weights ``w`` (K, T, B) (1/b_i, 0 for padding)
-    and the step mask (K, T).
+    Client i at step t takes the ``batch_size`` examples with the smallest keys of a fresh
+    uniform draw from its own stream (seed, round, client): a uniform sample without replacement.
+    ``batch_size=None`` or ``n_i <= batch_size`` is client i's full batch. Returns ``idx`` (K, T, B)
+    long, per-example weights ``w`` (K, T, B) (1/b_i, 0 for padding) and the step mask (K, T).
     """
     K, T = len(clients), int(steps.max())
     n = sizes[clients]
-    B = int(n.max()) if batch_size is None else min(batch_size, int(n.max()))
-    idx = torch.zeros(K, T, B, dtype=torch.long)
-    w = torch.zeros(K, T, B, dtype=torch.float64)
-    for k, c in enumerate(clients.tolist()):
-        n_c, t_c, off = int(n[k]), int(steps[k]), int(offsets[c])
-        if batch_size is None or n_c <= batch_size:
-            idx[k, :t_c, :n_c] = off + torch.arange(n_c)
-            w[k, :t_c, :n_c] = 1.0 / n_c
-        else:
-            keys = torch.rand(t_c, n_c, generator=stream(seed, rnd, int(c), _BATCH))
-            idx[k, :t_c] = off + keys.topk(batch_size, dim=1, largest=False, sorted=False).indices
-            w[k, :t_c] = 1.0 / batch_size
-    mask = (torch.arange(T).unsqueeze(0) < steps.unsqueeze(1))
+    n_max = int(n.max())
+    B = n_max if batch_size is None else min(batch_size, n_max)
+    off = offsets[clients].view(K, 1, 1)
+    mask = torch.arange(T).unsqueeze(0) < steps.unsqueeze(1)
+    if B == n_max:  # everyone takes its full batch: no randomness needed
+        pos = torch.arange(B).view(1, 1, B).expand(K, T, B)
+        valid = pos < n.view(K, 1, 1)
+    else:
+        keys = torch.full((K, T, n_max), 2.0)  # padding never beats a uniform key in [0, 1)
+        for k, (c, n_c, t_c) in enumerate(zip(clients.tolist(), n.tolist(), steps.tolist())):
+            if n_c > B:
+                keys[k, :t_c, :n_c] = torch.rand(t_c, n_c, generator=stream(seed, rnd, c, _BATCH))
+            else:
+                keys[k, :, :n_c] = 0.0
+        pos = keys.topk(B, dim=2, largest=False, sorted=False).indices
+        valid = keys.gather(2, pos) < 1.5
+    valid = valid & mask.unsqueeze(2)
+    idx = torch.where(valid, off + pos, off)
+    w = valid.to(torch.float64) / n.clamp(max=B).view(K, 1, 1).to(torch.float64)
     return idx, w, mask
 
 
@@ -172,6 +178,19 @@ class _Trainer:
                     P[k] = P[k].detach() - lrs[t] * g
         return {k: v.detach() for k, v in P.items()}
 
+    def objectives(self, x, idx, w):
+        """Per-client penalised objectives F_i(x) and full-batch gradients (for diagnostics)."""
+        names = list(x)
+        K = idx.shape[0]
+        leaves = {k: v.detach().unsqueeze(0).repeat(K, *[1] * v.dim()).requires_grad_() for k, v in x.items()}
+        out = stacked_forward(self.model, {**self.frozen, **leaves}, self.X[idx[:, 0]], frozenset(names))
+        per = (sample_losses(out, self.Y[idx[:, 0]], self.loss) * w[:, 0].to(out.dtype)).sum(1)
+        grads = torch.autograd.grad(per.sum(), [leaves[k] for k in names])
+        penalty = sum((x[k] ** 2).sum() for k in self.l2_names) if self.l2 and self.l2_names else 0.0
+        grads = {k: (g + self.l2 * x[k] if k in self.l2_names and self.l2 else g).detach()
+                 for k, g in zip(names, grads)}
+        return (per.detach() + self.l2 / 2 * penalty).to(torch.float64), grads
+
     def _loop(self, x, idx, w, mask, lrs, shift, pull, start):
         names = list(start)
         rows = []
@@ -199,8 +218,9 @@ class _Evaluator:
 
     def __init__(self, model, fed: Federation, dtype, loss, classification):
         self.model, self.loss, self.classification = model, loss, classification
+        self.held_out = fed.splits[1]
         self.splits = {}
-        for split, pairs in (("train", fed.train), ("test", fed.test)):
+        for split, pairs in zip(fed.splits, (fed.train, fed.test)):
             sizes = [len(y) for _, y in pairs]
             if sum(sizes) == 0:
                 continue
@@ -227,7 +247,7 @@ class _Evaluator:
                 _append(rows, rnd, -1, split, metric, float(values.mean()))
                 for c, v in zip(clients.tolist(), (sums[keep] / sizes[keep]).tolist()):
                     _append(rows, rnd, c, split, metric, v)
-            if self.classification and split == "test":
+            if self.classification and split == self.held_out:
                 _append(rows, rnd, -1, split, "f1_macro", f1_macro(out, Y))
 
 
@@ -376,6 +396,9 @@ def run(model, federation, algorithm="fedavg", num_rounds=50, local_steps=5, cli
     trainable_bytes = sum(_nbytes(v) for v in x.values())
     trainable_count = sum(v.numel() for v in x.values())
 
+    if diagnostics:
+        full_idx, full_w, _ = batch_plan(sizes, offsets, torch.arange(N), torch.ones(N, dtype=torch.long), None,
+                                         seed, 0)
     rows = {c: [] for c in ("round", "client", "split", "model", "metric", "value")}
     round_rows, timing_rows = [], []
     trajectory = [_full(params, x)] if record_params else None
@@ -410,13 +433,20 @@ def run(model, federation, algorithm="fedavg", num_rounds=50, local_steps=5, cli
         if not all(bool(torch.isfinite(v).all()) for v in x_new.values()):
             raise FloatingPointError(f"round {rnd}: the global parameters became NaN or infinite (training "
                                      f"diverged); try a smaller client_lr (now {lrs[0]:g}) or server_lr")
-        x = {k: x_new[k] for k in trainable}
+        x_old, x = x, {k: x_new[k] for k in trainable}
         K = len(sel)
+        diag = {}
+        if diagnostics:
+            from . import convergence
+            losses, grads = trainer.objectives(x, full_idx, full_w)
+            diag = convergence.round_diagnostics(losses, grads, p.to(dtype), result.delta,
+                                                 {k: x_old[k] - x[k] for k in x})
         up_extra = sum(_nbytes(v) for v in result.upload.values())
         down_extra = sum(_nbytes(server_state[k]) for k in alg.broadcast) * K
         round_rows.append(dict(round=rnd, clients_selected=K, clients_completed=K,
                                bytes_up=K * trainable_bytes + up_extra,
-                               bytes_down=K * trainable_bytes + down_extra, trainable_params=trainable_count))
+                               bytes_down=K * trainable_bytes + down_extra, trainable_params=trainable_count,
+                               **diag))
         if record_params:
             trajectory.append(_full(params, x))
         if rnd % eval_every == 0 or rnd == num_rounds:
