@@ -48,7 +48,7 @@ def stream(seed: int, *keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(h & ((1 << 63) - 1))
 
 
-_SAMPLE, _BATCH = 1, 2
+_SAMPLE, _BATCH, _LORA = 1, 2, 3
 
 
 def select_clients(num_clients: int, k: int | None, p: torch.Tensor, sampling: str, seed: int, rnd: int):
@@ -367,7 +367,9 @@ def run(model, federation, algorithm="fedavg", num_rounds=50, local_steps=5, cli
     alg.check_options(options)
     server_lr = alg.default_server_lr if server_lr is None else chk.real("server_lr", server_lr, low=0, low_open=True)
 
-    plan = ft.prepare(copy.deepcopy(model), finetune, **ft_opts)
+    plan = ft.prepare(model, finetune, seed=seed, **ft_opts)
+    if diagnostics and plan.mode == "lora":
+        chk.fail("diagnostics", "False with finetune='lora' (its server and client coordinates differ)", True)
     net = plan.model
     params = {k: v.detach().clone() for k, v in net.named_parameters()}
     if not params:
@@ -386,23 +388,24 @@ def run(model, federation, algorithm="fedavg", num_rounds=50, local_steps=5, cli
     sizes = torch.as_tensor(federation.sizes)
     offsets = torch.cumsum(sizes, 0) - sizes
     p = torch.as_tensor(federation.weights(weights), dtype=torch.float64)
-    evaluator = _Evaluator(net, federation, dtype, loss, classification)
+    evaluator = _Evaluator(copy.deepcopy(model), federation, dtype, loss, classification)
     trainer = _Trainer(net, frozen, X, Y, loss, l2_names, l2, backend)
 
-    x = {k: params[k] for k in trainable}
+    x = {k: params[k] for k in plan.server}
     server_state = alg.init_server(x, options)
     template = alg.init_client(x, options)
     client_state = {k: v.unsqueeze(0).repeat(N, *[1] * v.dim()) for k, v in template.items()}
-    trainable_bytes = sum(_nbytes(v) for v in x.values())
-    trainable_count = sum(v.numel() for v in x.values())
+    up_bytes = sum(_nbytes(params[k]) for k in trainable)
+    down_bytes = sum(_nbytes(params[k]) for k in plan.server)
+    trainable_count = sum(params[k].numel() for k in trainable)
 
     if diagnostics:
         full_idx, full_w, _ = batch_plan(sizes, offsets, torch.arange(N), torch.ones(N, dtype=torch.long), None,
                                          seed, 0)
     rows = {c: [] for c in ("round", "client", "split", "model", "metric", "value")}
     round_rows, timing_rows = [], []
-    trajectory = [_full(params, x)] if record_params else None
-    evaluator(_full(params, x), 0, rows)
+    trajectory = [plan.merged(_full(params, x))] if record_params else None
+    evaluator(plan.merged(_full(params, x)), 0, rows)
 
     from tqdm.auto import tqdm
     for rnd in tqdm(range(1, num_rounds + 1), disable=not progress, desc=alg.label or alg.name, leave=False):
@@ -417,9 +420,16 @@ def run(model, federation, algorithm="fedavg", num_rounds=50, local_steps=5, cli
         idx, bw, mask = batch_plan(sizes, offsets, sel, steps, batch_size, seed, rnd)
         t_local = [0.0]
 
-        def train(shift=None, pull=0.0, start=None, _idx=idx, _bw=bw, _mask=mask, _lrs=lrs):
+        def train(shift=None, pull=0.0, start=None, _idx=idx, _bw=bw, _mask=mask, _lrs=lrs, _rnd=rnd, _x=x):
+            if plan.mode == "lora" and (shift is not None or pull):
+                chk.fail("finetune", f"a mode other than 'lora' for {alg.name!r}: its local correction "
+                         "acts on the dense weights, which LoRA clients do not train (try 'ffa_lora')", "lora")
             t1 = time.perf_counter()
-            out = trainer(x, _idx, _bw, _mask, _lrs, shift=shift, pull=pull, start=start)
+            if start is None:
+                begin = plan.client_start(_x, _rnd, lambda i: stream(seed, _rnd, i, _LORA))
+                start = {k: v.unsqueeze(0).expand(len(_idx), *v.shape) for k, v in begin.items()}
+            trainer.frozen = {**frozen, **{k: v for k, v in _x.items() if k in frozen}}
+            out = plan.to_server(trainer(_x, _idx, _bw, _mask, _lrs, shift=shift, pull=pull, start=start), _x)
             t_local[0] += time.perf_counter() - t1
             return out
 
@@ -433,7 +443,7 @@ def run(model, federation, algorithm="fedavg", num_rounds=50, local_steps=5, cli
         if not all(bool(torch.isfinite(v).all()) for v in x_new.values()):
             raise FloatingPointError(f"round {rnd}: the global parameters became NaN or infinite (training "
                                      f"diverged); try a smaller client_lr (now {lrs[0]:g}) or server_lr")
-        x_old, x = x, {k: x_new[k] for k in trainable}
+        x_old, x = x, {k: x_new[k] for k in plan.server}
         K = len(sel)
         diag = {}
         if diagnostics:
@@ -444,19 +454,19 @@ def run(model, federation, algorithm="fedavg", num_rounds=50, local_steps=5, cli
         up_extra = sum(_nbytes(v) for v in result.upload.values())
         down_extra = sum(_nbytes(server_state[k]) for k in alg.broadcast) * K
         round_rows.append(dict(round=rnd, clients_selected=K, clients_completed=K,
-                               bytes_up=K * trainable_bytes + up_extra,
-                               bytes_down=K * trainable_bytes + down_extra, trainable_params=trainable_count,
+                               bytes_up=K * up_bytes + up_extra,
+                               bytes_down=K * down_bytes + down_extra, trainable_params=trainable_count,
                                **diag))
         if record_params:
-            trajectory.append(_full(params, x))
+            trajectory.append(plan.merged(_full(params, x)))
         if rnd % eval_every == 0 or rnd == num_rounds:
-            evaluator(_full(params, x), rnd, rows)
+            evaluator(plan.merged(_full(params, x)), rnd, rows)
         seconds = time.perf_counter() - t0
         timing_rows.append(dict(round=rnd, seconds=seconds, local_seconds=t_local[0],
                                 seconds_per_step=t_local[0] / T))
 
-    final = _full(params, x)
-    trained = copy.deepcopy(net)
+    final = plan.merged(_full(params, x))
+    trained = copy.deepcopy(model)
     with torch.no_grad():
         for k, v in trained.named_parameters():
             v.copy_(final[k])

@@ -225,3 +225,26 @@ def test_bad_federation(gen):
     X2[0, 0] = float("nan")
     with pytest.raises(ValueError, match="finite"):
         flu.data.Federation.from_clients([(X2, y)])
+
+
+def test_diagnostics_match_independent_per_client_computation(gen):
+    clients = make_clients(gen)
+    fed = flu.data.Federation.from_clients(clients)
+    model = mlp64()
+    hist = flu.run(model, fed, num_rounds=3, local_steps=2, batch_size=4, l2=0.01, diagnostics=True,
+                   record_params=True, progress=False)
+    cols = {"global_loss", "grad_norm", "grad_dissimilarity", "b_dissimilarity", "client_drift", "update_norm"}
+    assert cols <= set(hist.rounds.columns)
+    names = [k for k, _ in model.named_parameters()]
+    losses, grads = flu.convergence.client_objectives(model, hist.trajectory[3], fed, "cross_entropy", 0.01,
+                                                      names=names)
+    p = torch.as_tensor(fed.weights())
+    g = {k: torch.tensordot(p, v, dims=1) for k, v in grads.items()}
+    norm = float(torch.sqrt(sum((v ** 2).sum() for v in g.values())))
+    last = hist.rounds.iloc[-1]
+    assert last.global_loss == pytest.approx(float(p @ losses), rel=1e-10)
+    assert last.grad_norm == pytest.approx(norm, rel=1e-8)
+    zeta2 = float(sum(p[i] * sum(((grads[k][i] - g[k]) ** 2).sum() for k in g) for i in range(4)))
+    assert last.grad_dissimilarity == pytest.approx(zeta2, rel=1e-8)
+    step = float(torch.sqrt(sum(((hist.trajectory[2][k] - hist.trajectory[3][k]) ** 2).sum() for k in names)))
+    assert last.update_norm == pytest.approx(step, rel=1e-10)
