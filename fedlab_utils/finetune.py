@@ -165,3 +165,53 @@ def _add_adapters(model: nn.Module, head: str, opts: dict, seed: int) -> tuple:
         setattr(parent, child, LoRALinear(mod, rank, gen))
         prefixes.append(name + ".")
     return tuple(prefixes)
+
+
+def cost(model: nn.Module, mode: str = "full", *, input_shape, batch_size: int = 16, **options) -> dict:
+    """Estimated cost of one local step of ``mode`` (from layer shapes; CPU torch has no counters).
+
+    FLOPs count 2 per multiply-add of Linear and Conv2d layers: the forward pass, the weight
+    gradients of layers whose weights train (bias gradients are neglected), and the input gradients of every layer above the lowest
+    trainable one (backpropagation stops there). Full fine-tuning is therefore about 3x the
+    forward pass; a linear probe is about 1x plus the head. Memory: parameters, gradients of the
+    trainable ones, and the activations kept for the backward pass (inputs of the layers it visits).
+    """
+    plan = prepare(model, mode, **options)
+    chk.integer("batch_size", batch_size, low=1)
+    trainable = set(plan.trainable)
+    layers = []
+
+    def hook(name):
+        def fn(mod, inp, out):
+            x = inp[0]
+            if isinstance(mod, nn.Conv2d):
+                macs = out[0].numel() * mod.weight[0].numel()
+            elif isinstance(mod, LoRALinear):
+                macs = x.shape[-1] * mod.weight.shape[0] + mod.lora_A.numel() + mod.lora_B.numel()
+            else:
+                macs = x.shape[-1] * mod.weight.shape[0]
+            own = {name + "." + k for k, _ in mod.named_parameters(recurse=False)}
+            weights = {name + "." + k for k in ("weight", "lora_A", "lora_B")}
+            layers.append((macs * batch_size, x[0].numel() * batch_size * x.element_size(), bool(own & trainable),
+                           bool(weights & trainable)))
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in plan.model.named_modules()
+               if isinstance(m, (nn.Linear, nn.Conv2d, LoRALinear))]
+    try:
+        with torch.no_grad():
+            dtype = next(plan.model.parameters()).dtype
+            plan.model(torch.zeros(1, *input_shape, dtype=dtype))
+    finally:
+        for h in handles:
+            h.remove()
+    first = next((i for i, (_, _, t, _) in enumerate(layers) if t), len(layers))
+    fwd = sum(m for m, _, _, _ in layers)
+    weight_grads = sum(m for m, _, _, w in layers if w)
+    input_grads = sum(m for i, (m, _, _, _) in enumerate(layers) if i > first)
+    params = dict(plan.model.named_parameters())
+    nbytes = {k: v.numel() * v.element_size() for k, v in params.items()}
+    return {"mode": mode, "trainable_params": sum(params[k].numel() for k in trainable),
+            "flops_forward": 2 * fwd, "flops_step": 2 * (fwd + weight_grads + input_grads),
+            "memory_bytes": sum(nbytes.values()) + sum(nbytes[k] for k in trainable)
+            + sum(a for i, (_, a, _, _) in enumerate(layers) if i >= first)}

@@ -145,3 +145,15 @@ def test_bad_modes(gen, kwargs, name):
     fed = flu.data.Federation.from_clients(clients(gen))
     with pytest.raises(ValueError, match=name):
         flu.run(small_mlp(), fed, num_rounds=1, progress=False, **kwargs)
+
+
+def test_cost_counts_flops_by_hand():
+    model = flu.models.mlp(5, 7, 3)
+    fwd = 2 * 4 * (5 * 7 + 7 * 3)  # batch 4
+    full = flu.finetune.cost(model, "full", input_shape=(5,), batch_size=4)
+    probe = flu.finetune.cost(model, "linear_probe", input_shape=(5,), batch_size=4)
+    assert full["flops_forward"] == probe["flops_forward"] == fwd
+    # full: forward + weight grads of both layers + input grad of the head only
+    assert full["flops_step"] == fwd + fwd + 2 * 4 * 7 * 3
+    assert probe["flops_step"] == fwd + 2 * 4 * 7 * 3
+    assert full["trainable_params"] == 5 * 7 + 7 + 7 * 3 + 3 and probe["trainable_params"] == 24
