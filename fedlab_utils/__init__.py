@@ -4,7 +4,8 @@ Not SMILELab's ``fedlab`` (``fedlab.utils``). Import as ``import fedlab_utils as
 """
 import os as _os
 
-from . import algorithms, convergence, data, evaluation, fewshot, finetune, history, models, partition, plots, pretrained, study
+from . import (algorithms, convergence, data, evaluation, fewshot, finetune, history, models, partition, plots,
+               pretrained, schedules, study)
 from .engine import run
 from .history import History
 
