@@ -395,7 +395,7 @@ def load_text_embeddings(fast: bool = True) -> data.Dataset:
     if not isinstance(fast, bool):
         raise TypeError(f"fast must be a bool, got {fast!r} of type {type(fast).__name__}")
     z = _text_arrays(fast, need_embeddings=True)
-    return data.Dataset(torch.as_tensor(z["embeddings"].astype(np.float32)), torch.as_tensor(z["label"], dtype=torch.int64),
+    return data.Dataset(torch.as_tensor(z["embeddings"].astype(np.float32)), torch.tensor(z["label"], dtype=torch.int64),
                         list(RT_CLASSES), "rotten_tomatoes", (z["embeddings"].shape[1],), z["movie"].astype(np.int64))
 
 
@@ -406,7 +406,7 @@ def load_text_snippets(fast: bool = True) -> data.Dataset:
     if not isinstance(fast, bool):
         raise TypeError(f"fast must be a bool, got {fast!r} of type {type(fast).__name__}")
     z = _text_arrays(fast, need_embeddings=False)
-    return data.Dataset([str(t) for t in z["text"]], torch.as_tensor(z["label"], dtype=torch.int64),
+    return data.Dataset([str(t) for t in z["text"]], torch.tensor(z["label"], dtype=torch.int64),
                         list(RT_CLASSES), "rotten_tomatoes_text", (), z["movie"].astype(np.int64))
 
 
