@@ -96,8 +96,17 @@ def plot_label_heatmap(counts: pd.DataFrame, *, ax=None, normalize: bool = False
     ax = _axes(ax, (max(4.0, 0.35 * table.shape[1] + 2), 3.5))
     if annot is None:
         annot = table.size <= 200
-    sns.heatmap(table, ax=ax, annot=annot, fmt=".2f" if normalize else "d", cmap=cmap,
-                cbar_kws={"label": "share" if normalize else "samples"}, **kw)
+    # imshow, not sns.heatmap: the same picture at a fraction of the cost (widgets redraw it live)
+    values = table.to_numpy(dtype=float)
+    image = ax.imshow(values, aspect="auto", cmap=cmap, interpolation="nearest", **kw)
+    ax.figure.colorbar(image, ax=ax, label="share" if normalize else "samples")
+    ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns])
+    ax.set_yticks(range(table.shape[0]), [str(r) for r in table.index])
+    if annot:
+        hi = np.nanmax(values) if values.size else 0
+        for (r, c), v in np.ndenumerate(values):
+            ax.text(c, r, f"{v:.2f}" if normalize else f"{int(v)}", ha="center", va="center", fontsize="x-small",
+                    color="white" if v < 0.5 * hi else "black")
     ax.set(xlabel="client", ylabel="label")
     return ax
 

@@ -78,7 +78,7 @@ def test_label_heatmap(counts, normalize):
     ax = check_unchanged(plots.plot_label_heatmap, counts, normalize=normalize)
     assert isinstance(ax, plt.Axes) and drawn(ax) > 0
     assert ax.get_xlabel() == "client" and ax.get_ylabel() == "label"
-    mesh = ax.collections[0].get_array()
+    mesh = ax.images[0].get_array()
     if normalize:
         assert np.allclose(np.asarray(mesh).reshape(10, 8).sum(axis=0), 1.0)
     else:
