@@ -170,12 +170,12 @@ class _Trainer:
             total = (sample_losses(out, self.Y[idx[:, t]], self.loss) * w[:, t]).sum()
             grads = torch.autograd.grad(total, [leaves[k] for k in names])
             full = bool(m.all())
-            with torch.no_grad():
+            with torch.no_grad():  # in place: no fresh (K, ...) buffers per step
                 for k, g in zip(names, grads):
                     g = self._grad_terms(g, k, P[k], x, shift, pull)
                     if not full:
-                        g = g * m.view(-1, *[1] * (g.dim() - 1)).to(g.dtype)
-                    P[k] = P[k].detach() - lrs[t] * g
+                        g.mul_(m.view(-1, *[1] * (g.dim() - 1)).to(g.dtype))
+                    P[k].sub_(g, alpha=lrs[t])
         return {k: v.detach() for k, v in P.items()}
 
     def objectives(self, x, idx, w):
