@@ -116,10 +116,41 @@ def objective(model, params, federation, loss="cross_entropy", l2=0.0, weights="
     return float(torch.as_tensor(_weights(federation, weights)) @ losses)
 
 
-def _moments(model, params, federation, loss, l2, per_example=True, chunk=256):
+def _linear_moments(model, params, federation, loss, l2):
+    """:func:`_moments` in closed form for a bias-free linear model (None for any other model):
+    the per-example gradient of example j is r_j x_j^T + l2 W with r_j = softmax(W x_j) - e_{y_j}
+    (softmax), sigmoid(w.x_j) - y_j (one logit) or 2/m (W x_j - t_j) (least squares)."""
+    try:
+        pb = _problem(model, federation, loss, l2)
+    except ValueError:
+        return None
+    if set(params) != {pb.name}:
+        return None
+    W = params[pb.name].detach().to(torch.float64).numpy().reshape(-1, pb.X[0].shape[1] if pb.X else 0)
+    full, var = [], []
+    for X, T in zip(pb.X, pb.T):
+        Z = X @ W.T
+        if pb.kind == "softmax":
+            R = np.exp(log_softmax(Z, axis=1)) - np.eye(W.shape[0])[T]
+        elif pb.kind == "binary":
+            R = expit(Z) - T.reshape(-1, 1)
+        else:
+            R = 2.0 / pb.m * (Z - T)
+        G = (R[:, :, None] * X[:, None, :]).reshape(len(X), -1)
+        mean = G.mean(0)
+        full.append(float(((mean + pb.l2 * W.reshape(-1)) ** 2).sum()))
+        var.append(float(((G - mean) ** 2).sum(1).mean()))
+    return np.array(full), np.array(var)
+
+
+def _moments(model, params, federation, loss, l2, per_example=True, chunk=256, closed_form=True):
     """Per client: ||grad F_i||^2 and the per-example gradient variance S_i^2 = mean_j ||g_j - grad F_i||^2
-    (per-example gradients by batched backward passes over chunks of examples; S_i^2 = 0 if not
-    ``per_example``)."""
+    (per-example gradients by batched backward passes over chunks of examples, or in closed form
+    for a bias-free linear model; S_i^2 = 0 if not ``per_example``)."""
+    if closed_form and per_example:
+        fast = _linear_moments(model, params, federation, loss, l2)
+        if fast is not None:
+            return fast
     if not per_example:
         _, grads = client_objectives(model, params, federation, loss, l2)
         G = _flat(grads, federation.num_clients)
