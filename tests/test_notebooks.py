@@ -103,6 +103,13 @@ def _error_outputs(nb) -> list[str]:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 found.append(f"cell {i}: {out.get('ename')}: {out.get('evalue')}")
+    # an exception inside an interactive_output callback lands in the Output widget's saved state
+    state = nb.get("metadata", {}).get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    for model_id, model in state.get("state", {}).items():
+        for out in model.get("state", {}).get("outputs", []) or []:
+            text = str(out.get("text", "")) if out.get("output_type") == "stream" else ""
+            if out.get("output_type") == "error" or "Traceback (most recent call last)" in text:
+                found.append(f"widget {model_id}: {out.get('ename', 'traceback')}: {out.get('evalue', '')}")
     return found
 
 
