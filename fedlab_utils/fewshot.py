@@ -163,7 +163,8 @@ def prototype_classifier(body: nn.Module, fed: Federation, num_classes: int | No
         bytes_up += held * (z.shape[1] * size + 8)  # one feature sum and one count per class held
     means = sums / counts.clamp(min=1).unsqueeze(1)
     dtype = next(body.parameters()).dtype if any(True for _ in body.parameters()) else torch.float32
-    head = nn.Linear(means.shape[1], C).to(dtype)
+    with torch.random.fork_rng(devices=[]):  # its weights are set below; keep the global RNG untouched
+        head = nn.Linear(means.shape[1], C).to(dtype)
     head.weight.copy_(2 * means)
     bias = -(means ** 2).sum(1)
     bias[counts == 0] = -1e9

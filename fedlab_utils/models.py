@@ -67,9 +67,9 @@ def mlp(in_features: int = 64, hidden: int | list[int] = 128, num_classes: int =
     layers: list[nn.Module] = [nn.Flatten()]
     prev = in_features
     for w in widths:
-        layers += [nn.Linear(prev, w), _activation(activation)]
+        layers += [_quiet(lambda: nn.Linear(prev, w)), _activation(activation)]
         prev = w
-    model = FedModel(nn.Sequential(*layers), nn.Linear(prev, num_classes),
+    model = FedModel(nn.Sequential(*layers), _quiet(lambda: nn.Linear(prev, num_classes)),
                      name=f"mlp({in_features}-{'-'.join(map(str, widths))}-{num_classes})")
     return _init(model, dtype, seed)
 
@@ -84,7 +84,7 @@ def logistic(in_features: int, num_classes: int = 2, *, bias: bool = True,
     """
     chk.integer("in_features", in_features, low=1)
     chk.integer("num_classes", num_classes, low=1)
-    model = FedModel(nn.Flatten(), nn.Linear(in_features, num_classes, bias=bias),
+    model = FedModel(nn.Flatten(), _quiet(lambda: nn.Linear(in_features, num_classes, bias=bias)),
                      name=f"logistic({in_features}-{num_classes})")
     return _init(model, dtype, seed, zero=True)
 
@@ -94,7 +94,7 @@ def linear(in_features: int, out_features: int = 1, *, bias: bool = False,
     """Linear regression ``y_hat = x W^T (+ b)``, zero-initialised; float64 by default (exact checks)."""
     chk.integer("in_features", in_features, low=1)
     chk.integer("out_features", out_features, low=1)
-    model = FedModel(nn.Flatten(), nn.Linear(in_features, out_features, bias=bias),
+    model = FedModel(nn.Flatten(), _quiet(lambda: nn.Linear(in_features, out_features, bias=bias)),
                      name=f"linear({in_features}-{out_features})")
     return _init(model, dtype, seed, zero=True)
 
@@ -115,14 +115,21 @@ def cnn(input_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10, 
     h2, w2 = h // 4, w // 4
     if h2 < 1 or w2 < 1:
         chk.fail("input_shape", "at least 4x4 pixels (two 2x2 poolings)", input_shape)
-    body = nn.Sequential(
+    body = _quiet(lambda: nn.Sequential(
         Reshape(c, h, w),
         nn.Conv2d(c, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(2 * width * h2 * w2, features), nn.ReLU(),
-    )
-    model = FedModel(body, nn.Linear(features, num_classes), name=f"cnn({c}x{h}x{w}-{num_classes})")
+    ))
+    model = FedModel(body, _quiet(lambda: nn.Linear(features, num_classes)), name=f"cnn({c}x{h}x{w}-{num_classes})")
     return _init(model, dtype, seed)
+
+
+def _quiet(build):
+    """Run ``build()`` without advancing the global RNG (PyTorch layers draw an init on creation;
+    ``_init`` then overwrites it from a private generator)."""
+    with torch.random.fork_rng(devices=[]):
+        return build()
 
 
 def _init(model: nn.Module, dtype: torch.dtype, seed: int, zero: bool = False) -> nn.Module:

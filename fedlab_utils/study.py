@@ -65,7 +65,7 @@ def compare_modes(model: nn.Module, fed, modes=MODES, *, num_rounds: int = 10, l
     if baselines:  # linear probes with as many SGD steps as the federation took in all
         kw = dict(num_rounds=1, client_lr=lrs["linear_probe"], batch_size=batch_size, finetune="linear_probe",
                   seed=seed)
-        local = evaluation.local_only(model, fed, local_steps=num_rounds * local_steps, **kw)
+        local = _pool_clients(evaluation.local_only(model, fed, local_steps=num_rounds * local_steps, **kw), fed)
         tables["local_only"] = local
         rows.append(_row("local_only", local, before, cost=None))
         central = evaluation.evaluate(evaluation.centralised(
@@ -74,6 +74,20 @@ def compare_modes(model: nn.Module, fed, modes=MODES, *, num_rounds: int = 10, l
         rows.append(_row("centralised", central, before, cost=None))
     per_client = pd.concat([t.assign(method=LABELS[k]) for k, t in tables.items()], ignore_index=True)
     return pd.DataFrame(rows), per_client[["method"] + evaluation.COLUMNS], histories
+
+
+def _pool_clients(table, fed):
+    """Add the pooled loss and accuracy (per-client values weighted by held-out sizes, which is exact
+    for means) to a per-client-only table such as ``evaluation.local_only``'s, so that its summary row
+    reports pooled accuracy like every other row rather than the client mean. Macro-F1 cannot be
+    pooled from per-client values and stays absent."""
+    sizes = fed.test_sizes
+    per = table[table.client.notna() & table.metric.isin(["loss", "accuracy"])]
+    rows = []
+    for (split, name, metric), g in per.groupby(["split", "model", "metric"], sort=False):
+        n = sizes[g.client.astype(int).to_numpy()].astype(np.float64)
+        rows.append((None, split, name, metric, float((g.value.to_numpy() * n).sum() / n.sum())))
+    return pd.concat([table, evaluation._frame(rows)], ignore_index=True) if rows else table
 
 
 def _num_classes(model):
@@ -102,14 +116,24 @@ def _row(mode, table, before, *, cost, hist=None, bytes_up=None, trainable=None)
 # --------------------------------------------------------------------------- text: a real encoder
 
 class EncoderBody(nn.Module):
-    """all-MiniLM-L6-v2 as a body: token ids and attention mask stacked as ``(N, 2, L)`` long ->
+    """all-MiniLM-L6-v2 as a body: token ids and attention mask stacked as ``(N, 2, L)`` (long, or float as
+    ``flu.run`` passes them) ->
     mean-pooled, L2-normalised 384-d sentence embedding (the sentence-transformers recipe)."""
 
     def __init__(self, encoder):
         super().__init__()
         self.transformer = encoder[0].auto_model
+        # BERT's pooler (a dense layer on the [CLS] token) never reaches the mean-pooled output:
+        # drop it so that its parameters are neither counted, sent nor asked for gradients (flu.run
+        # differentiates every trainable parameter and fails on unused ones). The encoder's model
+        # is changed in place; text_classifier builds a fresh encoder for each body.
+        if getattr(self.transformer, "pooler", None) is not None:
+            self.transformer.pooler = None
 
     def forward(self, tokens):
+        # flu.run and flu.evaluation cast inputs to the model's float dtype; token ids (< 2**24)
+        # survive float32 exactly, so turn them back into the integer indices the embedding needs.
+        tokens = tokens.long()
         ids, mask = tokens[:, 0], tokens[:, 1]
         hidden = self.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
         m = mask.unsqueeze(-1).to(hidden.dtype)
@@ -124,7 +148,8 @@ def text_classifier(num_classes: int = 2, *, seed: int = 0, max_length: int = 48
 
     encoder = pretrained.sentence_encoder()
     tokenizer = encoder.tokenizer
-    head = nn.Linear(384, chk.integer("num_classes", num_classes, low=2))
+    with torch.random.fork_rng(devices=[]):  # the head is initialised below from its own generator
+        head = nn.Linear(384, chk.integer("num_classes", num_classes, low=2))
     gen = torch.Generator().manual_seed(chk.integer("seed", seed, low=0))
     with torch.no_grad():
         head.weight.uniform_(-384 ** -0.5, 384 ** -0.5, generator=gen)
