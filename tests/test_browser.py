@@ -46,6 +46,8 @@ CHROMIUM_FLAGS = [
 # Notebooks of notebooks/ to drive in a real browser: adding a name here is all it takes.
 BROWSER_NOTEBOOKS = [
     "01_data_heterogeneity.ipynb",
+    "02_client_drift.ipynb",
+    "04_convergence_in_practice.ipynb",
 ]
 
 SERVER_START_TIMEOUT_S = 90
