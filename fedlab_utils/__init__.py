@@ -6,7 +6,8 @@ import os as _os
 
 from . import (algorithms, convergence, data, evaluation, fewshot, finetune, history, models, partition, plots,
                pretrained, schedules, study)
-from . import drift, explore, plots_convergence, plots_practice, practice, widgets
+from . import (drift, explore, fewshot_widgets, lora_demo, plots_convergence, plots_fewshot, plots_practice, practice,
+               widgets)
 from .engine import run
 from .history import History
 
