@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import bz2
-import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -38,6 +37,7 @@ import torch
 
 from . import _checks as chk
 from . import data, models
+from .explore import torch_threads
 
 #: Committed artefacts (file name in ``data_dir()`` -> sha256). ``scripts/make_artefacts.py`` prints
 #: these after regenerating; update them (and data/README.md) when the artefacts change on purpose.
@@ -412,16 +412,6 @@ def load_text_snippets(fast: bool = True) -> data.Dataset:
 
 # --------------------------------------------------------------------------- regeneration
 
-@contextlib.contextmanager
-def _threads(n: int):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def _linear_probe(model, train: data.Dataset, test: data.Dataset, shots=None, seed: int = 0) -> float:
     """Logistic regression on frozen, standardised body features; ``shots`` per class (None: all)."""
     from sklearn.linear_model import LogisticRegression
@@ -457,7 +447,7 @@ def regenerate(what=("cnn", "text"), *, full: bool = False, out_dir=None, verbos
         digits = load_digits28()
         for name, classes in (("cnn_mnist.pt", tuple(range(10))), ("cnn_mnist_base.pt", BASE_CLASSES)):
             t0 = time.perf_counter()
-            with _threads(1):
+            with torch_threads(1):
                 model = pretrain_cnn(classes)
             seconds = time.perf_counter() - t0
             state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
