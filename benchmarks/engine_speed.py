@@ -6,6 +6,23 @@ minibatch indices (``flu.engine.batch_plan``), so their accuracies are comparabl
 median milliseconds per round and ratios measured in this same process (machines are noisy).
 
     python benchmarks/engine_speed.py [--rounds 20] [--threads 2]
+
+Measured on the 2-core development machine (torch 2.13 CPU, 2 threads, load average about 1),
+``--rounds 20``:
+
+    clients version                   ms/round  vs user loop  accuracy
+        100 user loop (deepcopy+SGD)     362.2          1.0x     0.837
+        100 flu loop backend             410.2          0.9x     0.837
+        100 flu vectorized                26.0         13.9x     0.837
+        100 vectorized vs flu loop: 15.8x
+       1000 user loop (deepcopy+SGD)    5153.1          1.0x     0.201
+       1000 flu loop backend            3575.3          1.4x     0.201
+       1000 flu vectorized               168.2         30.6x     0.201
+
+Repeated runs at 100 clients gave 13.9x to 17.3x (vectorised 21-27 ms per round; the user loop
+moves more, 310-470 ms, with the machine's load). At 1000 clients the synthetic task has only 5
+rounds, hence its low accuracy; all three versions agree on it. Without the allocator tuning
+(``FEDLAB_NO_MALLOPT=1``) the vectorised rounds at 100 clients took 23-29 ms.
 """
 from __future__ import annotations
 
@@ -80,6 +97,9 @@ def main():
     ap.add_argument("--clients", type=int, nargs="*", default=[100, 1000])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    # flu.run tunes glibc's allocator on first use (flu.engine.tune_allocator); do it up front so
+    # that the user's loop, measured first, runs under the same allocator settings.
+    flu.engine.tune_allocator()
     print(f"torch {torch.__version__}, {args.threads} threads, {args.rounds} rounds, FedAvg, 5 local steps of batch 16")
     print(f"{'clients':>7} {'version':<24} {'ms/round':>9} {'vs user loop':>13} {'accuracy':>9}")
     for n in args.clients:

@@ -248,3 +248,8 @@ def test_diagnostics_match_independent_per_client_computation(gen):
     assert last.grad_dissimilarity == pytest.approx(zeta2, rel=1e-8)
     step = float(torch.sqrt(sum(((hist.trajectory[2][k] - hist.trajectory[3][k]) ** 2).sum() for k in names)))
     assert last.update_norm == pytest.approx(step, rel=1e-10)
+
+
+def test_allocator_tuning_is_idempotent():
+    first = flu.engine.tune_allocator()
+    assert isinstance(first, bool) and flu.engine.tune_allocator() is first
