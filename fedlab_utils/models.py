@@ -155,20 +155,20 @@ def _init(model: nn.Module, dtype: torch.dtype, seed: int, zero: bool = False) -
 
 
 def head_prefix(model: nn.Module) -> str:
-    """Parameter-name prefix of the head: ``"head."`` for ``FedModel``, else the last module with parameters."""
+    """Parameter-name prefix of the head: ``"head."`` for ``FedModel``, else the last module that
+    owns parameters (``""`` when that is the model itself, e.g. a plain ``nn.Linear``)."""
     if isinstance(getattr(model, "head", None), nn.Module) and any(True for _ in model.head.parameters()):
         return "head."
-    owners = [name for name, mod in model.named_modules()
-              if name and any(True for _ in mod.parameters(recurse=False))]
+    owners = layer_prefixes(model)
     if not owners:
         chk.fail("model", "a module with at least one parameter", type(model).__name__)
-    return owners[-1] + "."
+    return owners[-1]
 
 
 def layer_prefixes(model: nn.Module) -> list[str]:
     """Prefixes of the modules that own parameters, in forward (registration) order."""
-    return [name + "." for name, mod in model.named_modules()
-            if name and any(True for _ in mod.parameters(recurse=False))]
+    return [name + "." if name else "" for name, mod in model.named_modules()
+            if any(True for _ in mod.parameters(recurse=False))]
 
 
 def num_params(model: nn.Module) -> int:

@@ -253,3 +253,17 @@ def test_diagnostics_match_independent_per_client_computation(gen):
 def test_allocator_tuning_is_idempotent():
     first = flu.engine.tune_allocator()
     assert isinstance(first, bool) and flu.engine.tune_allocator() is first
+
+
+@pytest.mark.parametrize("backend", ["vectorized", "loop"])
+def test_plain_torch_module_runs(gen, backend):
+    clients = [(torch.randn(8, 4, generator=gen), torch.randint(0, 2, (8,), generator=gen)) for _ in range(3)]
+    fed = flu.data.Federation.from_clients(clients, test=clients)
+    model = torch.nn.Linear(4, 2)
+    hist = flu.run(model, fed, num_rounds=2, local_steps=1, client_lr=0.1, batch_size=None, backend=backend,
+                   progress=False)
+    assert set(hist.params) == {"weight", "bias"} and (hist.metrics["round"] == 0).any()
+    assert flu.finetune.prepare(model, "linear_probe").trainable == ("weight", "bias")
+    seq = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    probe = flu.run(seq, fed, num_rounds=2, finetune="linear_probe", progress=False, backend=backend)
+    assert torch.equal(probe.params["0.weight"], seq[0].weight.detach())
