@@ -131,3 +131,15 @@ def centralised(model: nn.Module, fed: Federation, **run_kwargs) -> nn.Module:
     X, y = fed.pooled("train")
     pooled = Federation(((X, y),), ((X[:0], y[:0]),), fed.name + " (pooled)", fed.shape, {}, fed.splits)
     return run(model, pooled, progress=False, **run_kwargs).model
+
+
+def seen_unseen(model: nn.Module, seen: Federation, unseen: Federation, *, before: nn.Module | None = None,
+                metric: str = "accuracy") -> pd.DataFrame:
+    """Summaries of ``model`` on the clients that trained (``seen``) and on held-out clients that
+    never took part (``unseen``, from ``flu.fewshot.split_clients``): one row per group with
+    :func:`summarize`'s columns (``fraction_hurt`` against ``before`` when given)."""
+    rows = []
+    for group, fed in (("seen", seen), ("unseen", unseen)):
+        base = None if before is None else evaluate(before, fed)
+        rows.append({"group": group, **summarize(evaluate(model, fed), metric, baseline=base)})
+    return pd.DataFrame(rows)

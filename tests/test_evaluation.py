@@ -54,3 +54,15 @@ def test_baselines_run(setup):
     assert set(local.model) == {"personal"} and local.client.notna().all()
     central = flu.evaluation.centralised(model, few, num_rounds=2, local_steps=3, batch_size=None)
     assert isinstance(central, torch.nn.Module)
+
+
+def test_seen_unseen_summaries(setup):
+    few, model = setup
+    seen, unseen, ids = flu.fewshot.split_clients(few, 2, seed=0)
+    hist = flu.run(model, seen, num_rounds=2, finetune="linear_probe", progress=False)
+    table = flu.evaluation.seen_unseen(hist.model, seen, unseen, before=model)
+    assert list(table.group) == ["seen", "unseen"]
+    assert list(table.clients) == [4, 2]
+    direct = flu.evaluation.summarize(flu.evaluation.evaluate(hist.model, unseen))
+    assert table.loc[1, "mean"] == pytest.approx(direct["mean"])
+    assert table.fraction_hurt.between(0, 1).all()
