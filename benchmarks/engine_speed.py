@@ -19,8 +19,9 @@ Measured on the 2-core development machine (torch 2.13 CPU, 2 threads, load aver
        1000 flu loop backend            3575.3          1.4x     0.201
        1000 flu vectorized               168.2         30.6x     0.201
 
-Repeated runs at 100 clients gave 13.9x to 17.3x (vectorised 21-27 ms per round; the user loop
-moves more, 310-470 ms, with the machine's load). At 1000 clients the synthetic task has only 5
+Repeated runs at 100 clients gave 13.8x to 17.3x, median 14.3x over 7 runs on an idle machine
+(vectorised 21-27 ms per round; the user loop moves more, 310-490 ms). The vectorised round is
+bound by the memory traffic of the stacked gradients and small batched matmuls (about 12 ms of it). At 1000 clients the synthetic task has only 5
 rounds, hence its low accuracy; all three versions agree on it. Without the allocator tuning
 (``FEDLAB_NO_MALLOPT=1``) the vectorised rounds at 100 clients took 23-29 ms.
 """
