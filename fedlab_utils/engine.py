@@ -79,6 +79,7 @@ def stream(seed: int, *keys: int) -> torch.Generator:
 
 
 _SAMPLE, _BATCH, _LORA = 1, 2, 3
+_GATHER_BYTES = 64 << 20  # gather a whole round's minibatches at once below this size
 
 
 def select_clients(num_clients: int, k: int | None, p: torch.Tensor, sampling: str, seed: int, rnd: int):
@@ -193,11 +194,15 @@ class _Trainer:
         P = {k: start[k].detach().clone() for k in names}
         stacked = frozenset(names)
         w = w.to(next(iter(P.values())).dtype)
+        # every step's minibatch in one gather (K, T, B, ...) when it is small, else step by step
+        at_once = idx.numel() * self.X[0].numel() * self.X.element_size() <= _GATHER_BYTES
+        Xb, Yb = (self.X[idx], self.Y[idx]) if at_once else (None, None)
         for t in range(idx.shape[1]):
             m = mask[:, t]
             leaves = {k: P[k].requires_grad_() for k in names}
-            out = stacked_forward(self.model, {**self.frozen, **leaves}, self.X[idx[:, t]], stacked)
-            total = (sample_losses(out, self.Y[idx[:, t]], self.loss) * w[:, t]).sum()
+            xt, yt = (Xb[:, t], Yb[:, t]) if at_once else (self.X[idx[:, t]], self.Y[idx[:, t]])
+            out = stacked_forward(self.model, {**self.frozen, **leaves}, xt, stacked)
+            total = (sample_losses(out, yt, self.loss) * w[:, t]).sum()
             grads = torch.autograd.grad(total, [leaves[k] for k in names])
             full = bool(m.all())
             with torch.no_grad():  # in place: no fresh (K, ...) buffers per step
