@@ -7,23 +7,23 @@ median milliseconds per round and ratios measured in this same process (machines
 
     python benchmarks/engine_speed.py [--rounds 20] [--threads 2]
 
-Measured on the 2-core development machine (torch 2.13 CPU, 2 threads, load average about 1),
+Measured on the 2-core development machine (torch 2.13 CPU, 2 threads, load average 1-1.6),
 ``--rounds 20``:
 
     clients version                   ms/round  vs user loop  accuracy
-        100 user loop (deepcopy+SGD)     362.2          1.0x     0.837
-        100 flu loop backend             410.2          0.9x     0.837
-        100 flu vectorized                26.0         13.9x     0.837
-        100 vectorized vs flu loop: 15.8x
-       1000 user loop (deepcopy+SGD)    5153.1          1.0x     0.201
-       1000 flu loop backend            3575.3          1.4x     0.201
-       1000 flu vectorized               168.2         30.6x     0.201
+        100 user loop (deepcopy+SGD)     474.4          1.0x     0.837
+        100 flu loop backend             427.1          1.1x     0.837
+        100 flu vectorized                26.6         17.9x     0.837
+        100 vectorized vs flu loop: 16.1x
+       1000 user loop (deepcopy+SGD)    4681.1          1.0x     0.201
+       1000 flu loop backend            4496.4          1.0x     0.201
+       1000 flu vectorized               196.2         23.9x     0.201
 
-Repeated runs at 100 clients gave 13.8x to 17.3x, median 14.3x over 7 runs on an idle machine
-(vectorised 21-27 ms per round; the user loop moves more, 310-490 ms). The vectorised round is
-bound by the memory traffic of the stacked gradients and small batched matmuls (about 12 ms of it). At 1000 clients the synthetic task has only 5
-rounds, hence its low accuracy; all three versions agree on it. Without the allocator tuning
-(``FEDLAB_NO_MALLOPT=1``) the vectorised rounds at 100 clients took 23-29 ms.
+Seven runs at 100 clients gave 14.8x to 27.3x, median 18.2x (vectorised 17-28 ms per round; the
+user loop moves with the machine's load, 330-490 ms); two runs at 1000 clients 23.9x and 30.6x.
+At 1000 clients the synthetic task has only 5 rounds, hence its low accuracy; all three versions
+agree on it. The vectorised round is bound by small batched matmuls and the memory traffic of
+the stacked gradients (K x parameters).
 """
 from __future__ import annotations
 
