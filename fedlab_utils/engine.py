@@ -175,8 +175,7 @@ class _Trainer:
         self.model, self.frozen, self.X, self.Y = model, frozen, X, Y
         self.loss, self.l2_names, self.l2, self.backend = loss, l2_names, l2, backend
 
-    def __call__(self, x, idx, w, mask, lrs, shift=None, pull=0.0, start=None):
-        start = start if start is not None else {k: v.unsqueeze(0).expand(len(idx), *v.shape) for k, v in x.items()}
+    def __call__(self, x, idx, w, mask, lrs, start, shift=None, pull=0.0):
         run = self._vectorized if self.backend == "vectorized" else self._loop
         return run(x, idx, w, mask, lrs, shift, pull, start)
 
@@ -441,8 +440,9 @@ def run(model, federation, algorithm="fedavg", num_rounds=50, local_steps=5, cli
                                          seed, 0)
     rows = {c: [] for c in ("round", "client", "split", "model", "metric", "value")}
     round_rows, timing_rows = [], []
-    trajectory = [plan.merged(_full(params, x))] if record_params else None
-    evaluator(plan.merged(_full(params, x)), 0, rows)
+    current = plan.merged(_full(params, x))
+    trajectory = [current] if record_params else None
+    evaluator(current, 0, rows)
 
     from tqdm.auto import tqdm
     for rnd in tqdm(range(1, num_rounds + 1), disable=not progress, desc=alg.label or alg.name, leave=False):
@@ -466,7 +466,7 @@ def run(model, federation, algorithm="fedavg", num_rounds=50, local_steps=5, cli
                 begin = plan.client_start(_x, _rnd, lambda i: stream(seed, _rnd, i, _LORA))
                 start = {k: v.unsqueeze(0).expand(len(_idx), *v.shape) for k, v in begin.items()}
             trainer.frozen = {**frozen, **{k: v for k, v in _x.items() if k in frozen}}
-            out = plan.to_server(trainer(_x, _idx, _bw, _mask, _lrs, shift=shift, pull=pull, start=start), _x)
+            out = plan.to_server(trainer(_x, _idx, _bw, _mask, _lrs, start, shift=shift, pull=pull), _x)
             t_local[0] += time.perf_counter() - t1
             return out
 
@@ -494,10 +494,13 @@ def run(model, federation, algorithm="fedavg", num_rounds=50, local_steps=5, cli
                                bytes_up=K * up_bytes + up_extra,
                                bytes_down=K * down_bytes + down_extra, trainable_params=trainable_count,
                                **diag))
+        evaluate = rnd % eval_every == 0 or rnd == num_rounds
+        if record_params or evaluate:
+            current = plan.merged(_full(params, x))
         if record_params:
-            trajectory.append(plan.merged(_full(params, x)))
-        if rnd % eval_every == 0 or rnd == num_rounds:
-            evaluator(plan.merged(_full(params, x)), rnd, rows)
+            trajectory.append(current)
+        if evaluate:
+            evaluator(current, rnd, rows)
         seconds = time.perf_counter() - t0
         timing_rows.append(dict(round=rnd, seconds=seconds, local_seconds=t_local[0],
                                 seconds_per_step=t_local[0] / T))

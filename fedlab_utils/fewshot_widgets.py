@@ -290,8 +290,7 @@ def rounds_curve(model: nn.Module, fed: fdata.Federation, modes=CACHED, *, num_r
     of :func:`compare`. ``"none"`` is the prototype head, the same at every round.
     Long table ``method, mode, round, metric, value``."""
     num_rounds = chk.integer("num_rounds", num_rounds, low=1)
-    lrs = {**study.CLIENT_LR, **(client_lr if isinstance(client_lr, dict) else
-                                 {} if client_lr is None else {m: client_lr for m in study.CLIENT_LR})}
+    lrs = study.client_lrs(client_lr)
     inputs = inputs or _fed_inputs(model, fed)
     held_out = fed.splits[1]
     frames = []

@@ -40,8 +40,7 @@ def compare_modes(model: nn.Module, fed, modes=MODES, *, num_rounds: int = 10, l
     """
     for m in modes:
         chk.option("modes", m, MODES)
-    lrs = {**CLIENT_LR, **(client_lr if isinstance(client_lr, dict) else
-                           {} if client_lr is None else {m: client_lr for m in CLIENT_LR})}
+    lrs = client_lrs(client_lr)
     input_shape = input_shape or tuple(fed.train[0][0].shape[1:])
     before = evaluation.evaluate(model, fed)
     tables = {"pretrained": before}
@@ -88,6 +87,13 @@ def _pool_clients(table, fed):
         n = sizes[g.client.astype(int).to_numpy()].astype(np.float64)
         rows.append((None, split, name, metric, float((g.value.to_numpy() * n).sum() / n.sum())))
     return pd.concat([table, evaluation._frame(rows)], ignore_index=True) if rows else table
+
+
+def client_lrs(client_lr=None) -> dict:
+    """Learning rate per mode: :data:`CLIENT_LR`, overridden by a number (every mode) or a dict."""
+    if isinstance(client_lr, dict):
+        return {**CLIENT_LR, **client_lr}
+    return dict(CLIENT_LR) if client_lr is None else {m: client_lr for m in CLIENT_LR}
 
 
 def _num_classes(model):
