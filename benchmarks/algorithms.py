@@ -2,12 +2,12 @@
 
 Workload (as in benchmarks/engine_speed.py): digits, 100 clients, Dirichlet(0.5) (the alphas of
 part 2 vary it), MLP 64-128-10, all clients every round, 5 local steps of batch 16, client_lr 0.05,
-each algorithm with its package defaults (FedProx with mu=1, ``flu.practice.DEFAULT_OPTIONS``).
+each algorithm with its package defaults (FedProx with mu=1, ``flu.lessons.practice.DEFAULT_OPTIONS``).
 
 1. Speed: ms per round of ``flu.run(backend="loop")`` (our per-client reference) and
    ``backend="vectorized"`` per algorithm, measured in this same process, with their ratio and
    the vectorised cost relative to FedAvg's (median over rounds, best of several passes).
-2. Time to accuracy: ``flu.practice.sweep`` over algorithms x alphas x seeds (vectorised, no
+2. Time to accuracy: ``flu.lessons.practice.sweep`` over algorithms x alphas x seeds (vectorised, no
    diagnostics), then rounds, seconds and megabytes (up + down) to reach each of ``--targets``
    (pooled test accuracy): the mean over the seeds that got there, "(k/n)" when only k of n
    seeds did, "-" when none did within ``--rounds``.
@@ -85,7 +85,7 @@ import pandas as pd
 import torch
 
 import fedlab_utils as flu
-from fedlab_utils import practice
+from fedlab_utils.lessons import practice
 
 WORKLOAD = dict(num_clients=100, local_steps=5, batch_size=16, client_lr=0.05, hidden=128)
 

@@ -8,7 +8,7 @@ over ``--repeats`` (the load of a shared machine moves between calls), and the m
 
 - ``s/round``: the engine's median wall-clock seconds per round (all 10 clients, vectorised; the
   evaluation rounds 0 and last are left out);
-- ``s/step``: ``flu.study.time_steps``, one client, a plain PyTorch loop (forward, backward of what
+- ``s/step``: ``flu.lessons.study.time_steps``, one client, a plain PyTorch loop (forward, backward of what
   the mode trains, SGD step), median over timed steps;
 - ``est. FLOPs``: ``flu.finetune.cost`` (multiply-adds of Linear and Conv2d layers, x2);
 - bytes sent up and down per round (``History.rounds``, float32, all clients).
@@ -50,7 +50,7 @@ import pandas as pd
 import torch
 
 import fedlab_utils as flu
-from fedlab_utils import fewshot_widgets as fw
+from fedlab_utils.views.widgets import fewshot as fw
 
 MODES = ("linear_probe", "last_layers", "bitfit", "lora", "ffa_lora", "full")
 OPTIONS = {"lora": {"lora_rank": 4}, "ffa_lora": {"lora_rank": 4}, "last_layers": {"num_layers": 2}}
@@ -66,7 +66,7 @@ def image_task(shots: int = 20, alpha: float = 0.5, num_clients: int = 10, seed:
 
 def engine_round(model, fed, mode, rounds, seed):
     """Median seconds of the training rounds (not the evaluated first and last) and bytes per round."""
-    hist = flu.run(model, fed, num_rounds=rounds, local_steps=5, client_lr=flu.study.CLIENT_LR[mode],
+    hist = flu.run(model, fed, num_rounds=rounds, local_steps=5, client_lr=flu.lessons.study.CLIENT_LR[mode],
                    batch_size=16, finetune=mode, seed=seed, eval_every=rounds, progress=False,
                    **OPTIONS.get(mode, {}))
     seconds = hist.timing.seconds.to_numpy()
@@ -80,7 +80,7 @@ def measure_image(rounds: int, repeats: int, steps: int):
     ds, model, fed = image_task()
     X, y = ds.X[:256], ds.y[:256]
     head_model, Z = fw.cache_body(model, ds.X)
-    flu.study.time_steps(model, X, y, "full", steps=1)          # one-time imports and allocations
+    flu.lessons.study.time_steps(model, X, y, "full", steps=1)          # one-time imports and allocations
     per_round = {m: [] for m in MODES}
     per_step = {m: [] for m in MODES}
     cached = []
@@ -91,8 +91,8 @@ def measure_image(rounds: int, repeats: int, steps: int):
             sec, up, down, trainable, acc = engine_round(model, fed, mode, rounds, seed=rep)
             per_round[mode].append(sec)
             info[mode] = (up, down, trainable, acc)
-            per_step[mode].append(flu.study.time_steps(model, X, y, mode, steps=steps, batch_size=16, seed=rep))
-        cached.append(flu.study.time_steps(head_model, Z[:256], y, "linear_probe", steps=steps, batch_size=16,
+            per_step[mode].append(flu.lessons.study.time_steps(model, X, y, mode, steps=steps, batch_size=16, seed=rep))
+        cached.append(flu.lessons.study.time_steps(head_model, Z[:256], y, "linear_probe", steps=steps, batch_size=16,
                                            seed=rep))
     rows = []
     for mode in MODES:
@@ -109,17 +109,17 @@ def measure_image(rounds: int, repeats: int, steps: int):
 
 
 def measure_text(steps: int, batch_size: int = 8):
-    model, tokenize = flu.study.text_classifier(num_classes=2)
+    model, tokenize = flu.lessons.study.text_classifier(num_classes=2)
     snippets = flu.pretrained.load_text_snippets(fast=True)
     text = flu.pretrained.load_text_embeddings(fast=True)
     rows = np.arange(64)
     tokens, labels = tokenize([snippets.X[i] for i in rows]), snippets.y[rows]
     full, head = [], []
     for rep in range(3):
-        full.append(flu.study.time_steps(model, tokens, labels, "full", steps=steps, batch_size=batch_size, seed=rep))
-        head.append(flu.study.time_steps(model, tokens, labels, "linear_probe", steps=steps, batch_size=batch_size,
+        full.append(flu.lessons.study.time_steps(model, tokens, labels, "full", steps=steps, batch_size=batch_size, seed=rep))
+        head.append(flu.lessons.study.time_steps(model, tokens, labels, "linear_probe", steps=steps, batch_size=batch_size,
                                          seed=rep))
-    cached = flu.study.time_steps(flu.models.logistic(384, 2), text.X[rows], text.y[rows], "linear_probe",
+    cached = flu.lessons.study.time_steps(flu.models.logistic(384, 2), text.X[rows], text.y[rows], "linear_probe",
                                   steps=50, batch_size=batch_size)
     return statistics.median(full), statistics.median(head), cached
 
@@ -128,7 +128,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=6, help="rounds per engine run (the first and last are evaluated)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per flu.study.time_steps call")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per flu.lessons.study.time_steps call")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--text", action="store_true", help="also time MiniLM (loads the encoder, ~10 s)")
     args = ap.parse_args()

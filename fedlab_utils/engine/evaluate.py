@@ -1,0 +1,57 @@
+"""Evaluation of the global model on every client's train and test split, and pooled."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.func import functional_call
+
+from .._core.losses import f1_macro, predictions_correct, sample_losses
+from ..data.datasets import Federation
+
+
+class Evaluator:
+    """Loss/accuracy of the global model on every client's train and test split, and pooled."""
+
+    def __init__(self, model, fed: Federation, dtype, loss, classification):
+        self.model, self.loss, self.classification = model, loss, classification
+        self.held_out = fed.splits[1]
+        self.splits = {}
+        for split, pairs in zip(fed.splits, (fed.train, fed.test)):
+            sizes = [len(y) for _, y in pairs]
+            if sum(sizes) == 0:
+                continue
+            X = torch.cat([X for X, _ in pairs]).to(dtype)
+            Y = torch.cat([y for _, y in pairs])
+            cid = torch.repeat_interleave(torch.arange(len(pairs)), torch.tensor(sizes))
+            self.splits[split] = (X, Y, cid, torch.tensor(sizes, dtype=torch.float64))
+
+    @torch.no_grad()
+    def __call__(self, params, rnd, rows):
+        for split, (X, Y, cid, sizes) in self.splits.items():
+            out = torch.cat([functional_call(self.model, params, (X[i:i + 8192],)) for i in range(0, len(X), 8192)])
+            per = {"loss": sample_losses(out, Y, self.loss).to(torch.float64)}
+            if self.classification:
+                per["accuracy"] = predictions_correct(out, Y)
+            for metric, values in per.items():
+                if not math.isfinite(float(values.sum())):
+                    raise FloatingPointError(
+                        f"round {rnd}: the {split} {metric} is not finite (training diverged); "
+                        "try a smaller client_lr")
+                sums = torch.zeros(len(sizes), dtype=torch.float64).index_add_(0, cid, values)
+                keep = sizes > 0
+                clients = torch.arange(len(sizes))[keep]
+                _append(rows, rnd, -1, split, metric, float(values.mean()))
+                for c, v in zip(clients.tolist(), (sums[keep] / sizes[keep]).tolist()):
+                    _append(rows, rnd, c, split, metric, v)
+            if self.classification and split == self.held_out:
+                _append(rows, rnd, -1, split, "f1_macro", f1_macro(out, Y))
+
+
+def _append(rows, rnd, client, split, metric, value):
+    rows["round"].append(rnd)
+    rows["client"].append(client)
+    rows["split"].append(split)
+    rows["model"].append("global")
+    rows["metric"].append(metric)
+    rows["value"].append(value)

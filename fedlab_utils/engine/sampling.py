@@ -1,0 +1,66 @@
+"""Who trains in a round, and on which minibatches: seeded per (seed, round, client) streams.
+
+Both backends draw the same indices from these streams, so they agree up to summation order.
+"""
+from __future__ import annotations
+
+import torch
+
+from .._core.random import BATCH, SAMPLE, stream
+
+SAMPLING = ("uniform", "li_scheme_1", "li_scheme_2")
+
+
+def select_clients(num_clients: int, k: int | None, p: torch.Tensor, sampling: str, seed: int, rnd: int):
+    """Clients of round ``rnd`` and their aggregation weights.
+
+    - full participation (``k`` None): every client, weights p_i.
+    - ``uniform``: k clients without replacement, p_i renormalised over them (biased when sizes differ).
+    - ``li_scheme_1`` (Li et al. 2020, ICLR, Scheme I): k draws with replacement by p_i, plain mean
+      (a client drawn twice counts twice).
+    - ``li_scheme_2`` (Scheme II): k uniform without replacement, weights p_i N / k (unbiased; they
+      sum to 1 only for balanced p).
+    """
+    if k is None or (k == num_clients and sampling != "li_scheme_1"):
+        return torch.arange(num_clients), p.clone()
+    g = stream(seed, rnd, SAMPLE)
+    if sampling == "li_scheme_1":
+        draws = torch.multinomial(p, k, replacement=True, generator=g)
+        sel, counts = torch.unique(draws, return_counts=True)
+        return sel, counts.to(p.dtype) / k
+    sel = torch.randperm(num_clients, generator=g)[:k].sort().values
+    if sampling == "uniform":
+        return sel, p[sel] / p[sel].sum()
+    return sel, p[sel] * num_clients / k
+
+
+def batch_plan(sizes, offsets, clients, steps, batch_size, seed, rnd):
+    """Minibatch indices (into the flat training data) for every selected client and step.
+
+    Client i at step t takes the ``batch_size`` examples with the smallest keys of a fresh
+    uniform draw from its own stream (seed, round, client): a uniform sample without replacement.
+    ``batch_size=None`` or ``n_i <= batch_size`` is client i's full batch. Returns ``idx`` (K, T, B)
+    long, per-example weights ``w`` (K, T, B) (1/b_i, 0 for padding) and the step mask (K, T).
+    """
+    K, T = len(clients), int(steps.max())
+    n = sizes[clients]
+    n_max = int(n.max())
+    B = n_max if batch_size is None else min(batch_size, n_max)
+    off = offsets[clients].view(K, 1, 1)
+    mask = torch.arange(T).unsqueeze(0) < steps.unsqueeze(1)
+    if B == n_max:  # everyone takes its full batch: no randomness needed
+        pos = torch.arange(B).view(1, 1, B).expand(K, T, B)
+        valid = pos < n.view(K, 1, 1)
+    else:
+        keys = torch.full((K, T, n_max), 2.0)  # padding never beats a uniform key in [0, 1)
+        for k, (c, n_c, t_c) in enumerate(zip(clients.tolist(), n.tolist(), steps.tolist())):
+            if n_c > B:
+                keys[k, :t_c, :n_c] = torch.rand(t_c, n_c, generator=stream(seed, rnd, c, BATCH))
+            else:
+                keys[k, :, :n_c] = 0.0
+        pos = keys.topk(B, dim=2, largest=False, sorted=False).indices
+        valid = keys.gather(2, pos) < 1.5
+    valid = valid & mask.unsqueeze(2)
+    idx = torch.where(valid, off + pos, off)
+    w = valid.to(torch.float64) / n.clamp(max=B).view(K, 1, 1).to(torch.float64)
+    return idx, w, mask

@@ -1,0 +1,14 @@
+"""The compute behind one notebook each: returns DataFrames, draws nothing.
+
+``explore`` (01), ``drift`` (02, 03), ``practice`` (04), ``study`` and ``lora_demo`` (05).
+Loaded on first use.
+"""
+import importlib as _importlib
+
+__all__ = ["drift", "explore", "lora_demo", "practice", "study"]
+
+
+def __getattr__(name):
+    if name in __all__:
+        return _importlib.import_module("." + name, __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
