@@ -24,9 +24,22 @@ class Trainer:
         self.model, self.frozen, self.X, self.Y = model, frozen, X, Y
         self.loss, self.l2_names, self.l2, self.backend = loss, l2_names, l2, backend
 
+    chunk = None  # clients trained at once by the vectorised backend (None: all selected)
+
     def __call__(self, x, idx, w, mask, lrs, start, shift=None, pull=0.0):
-        run = self._vectorized if self.backend == "vectorized" else self._loop
-        return run(x, idx, w, mask, lrs, shift, pull, start)
+        if self.backend == "loop":
+            return self._loop(x, idx, w, mask, lrs, shift, pull, start)
+        K = idx.shape[0]
+        c = K if self.chunk is None else self.chunk
+        if K <= c:
+            return self._vectorized(x, idx, w, mask, lrs, shift, pull, start)
+        parts = []
+        for a in range(0, K, c):  # stacked clients that would not fit in memory at once
+            rows = slice(a, min(a + c, K))
+            parts.append(self._vectorized(x, idx[rows], w[rows], mask[rows], lrs,
+                                          None if shift is None else {k: v[rows] for k, v in shift.items()},
+                                          pull, {k: v[rows] for k, v in start.items()}))
+        return {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
 
     def _grad_terms(self, g, name, p, x, shift, pull, rows=slice(None)):
         if self.l2 and name in self.l2_names:

@@ -1,248 +1,347 @@
 """The round loop: ``flu.run(model, federation, algorithm, ...) -> History``.
 
-One round, as four named calls (TFF's simple_fedavg sketch):
+``run`` is thin: validate (:func:`~.config.configure`, :mod:`.checks`) -> set up
+(:class:`Setup`, what stays fixed; :class:`State`, what each round changes) -> one call of
+:func:`play_round` per round -> :meth:`State.history`. One round, as four named calls (TFF's
+simple_fedavg sketch):
 
 1. **broadcast** the global trainable parameters x (and any server state) to the sampled clients,
 2. **local update**: each client runs ``local_steps`` of SGD from x (``Algorithm.client_update``),
 3. **aggregate** the pseudo-gradients delta_i = x - y_i with the sampling scheme's weights,
 4. **server update** ``x <- x - server_lr * update(delta)`` (``Algorithm.server_update``).
 
-With ``backend="vectorized"`` the sampled clients train as one batched computation
-(``flu.batched``); ``backend="loop"`` is the plain per-client reference. Both draw the same
-minibatches from per-(seed, round, client) streams, so they agree up to summation order.
+A round commits its results only when it completes, so a run that diverges or is interrupted
+hands back the History of its completed rounds (``err.history``), and a checkpoint holds
+everything a resumption needs: streams are derived from (seed, round, client), so round r+1
+after a resume draws exactly what it would have drawn.
 """
 from __future__ import annotations
 
 import copy
 import math
-import numbers
 import time
+from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 import torch
 
+from .. import algorithms as algs
 from .._core import checks as chk
-from .._core.losses import LOSSES
 from .._core.random import LORA, stream
 from .._core.runtime import tune_allocator
-from ..algorithms import core as algs
-from ..data.datasets import Federation
 from ..models import finetune as ft
+from . import checks
+from .config import RESUMABLE, RunConfig, configure
 from .diagnostics import round_diagnostics
 from .evaluate import Evaluator
-from .history import History, metrics_frame
-from .local import BACKENDS, Trainer
-from .sampling import SAMPLING, batch_plan, select_clients
-
-# ------------------------------------------------------------------------- the run
-
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
-def _describe(value):
-    """A JSON-able description of an argument for ``History.config``."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_describe(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _describe(v) for k, v in value.items()}
-    if isinstance(value, torch.nn.Module):
-        n = sum(p.numel() for p in value.parameters())
-        return f"{getattr(value, 'name', type(value).__name__)} ({n} parameters)"
-    if isinstance(value, algs.Algorithm):
-        return value.name
-    if isinstance(value, Federation):
-        return repr(value)
-    if callable(value):
-        return getattr(value, "__name__", repr(value))
-    return repr(value)
-
-
-def _check_schedule(client_lr):
-    if callable(client_lr):
-        return client_lr
-    chk.real("client_lr", client_lr, low=0, low_open=True)
-    return None
-
-
-def _steps_vector(local_steps, N):
-    if isinstance(local_steps, numbers.Integral) and not isinstance(local_steps, bool):
-        return torch.full((N,), chk.integer("local_steps", local_steps, low=1), dtype=torch.long)
-    steps = list(local_steps) if isinstance(local_steps, (list, tuple, np.ndarray, torch.Tensor)) else None
-    if steps is None:
-        raise TypeError(f"local_steps must be an int or one int per client, got {type(local_steps).__name__}")
-    if len(steps) != N:
-        chk.fail("local_steps", f"one int per client ({N} clients)", f"a list of length {len(steps)}")
-    return torch.tensor([chk.integer("local_steps[i]", int(s) if isinstance(s, (np.integer, torch.Tensor)) else s,
-                                     low=1) for s in steps], dtype=torch.long)
+from .history import METRIC_COLUMNS, History, metrics_frame
+from .local import GATHER_BYTES, Trainer
+from .sampling import batch_plan, select_clients
 
 
 def run(model, federation, algorithm="fedavg", num_rounds=50, local_steps=5, client_lr=0.05,
         batch_size=16, server_lr=None, clients_per_round=None, sampling="uniform", weights="samples",
-        loss="cross_entropy", l2=0.0, finetune="full", systems=None, eval_every=1, backend="vectorized",
-        record_params=False, diagnostics=False, progress=True, seed=0, **algorithm_options) -> History:
+        loss="cross_entropy", l2=0.0, finetune="full", systems=None, privacy=None, compression=None,
+        eval_every=1, backend="vectorized", record_params=False, diagnostics=False, progress=True, seed=0,
+        checkpoint=None, checkpoint_every=1, resume=None, **options) -> History:
     """Train ``model`` on ``federation`` with a federated ``algorithm``; return a :class:`History`.
 
     Minimises F(x) = sum_i p_i F_i(x), F_i the mean ``loss`` on client i's training data plus
-    ``l2/2 ||W||^2`` over weight tensors (biases excluded), with p_i from ``weights``. See
-    DESIGN.md (Contracts) for every argument; ``client_lr`` may be a callable ``(round, step)``
-    with rounds counted from 1 and steps from 0 within a round.
+    ``l2/2 ||W||^2`` over weight tensors (biases excluded), with p_i from ``weights``.
+
+    Args:
+        model: a ``torch.nn.Module`` (left unchanged; History.model is a trained copy). Models from
+            ``flu.models`` have ``.body``/``.head``; for any other the head is the last module with
+            parameters. Dropout and BatchNorm must be in eval mode (``model.eval()``).
+        federation: an ``flu.data.Federation``: per-client train (and test) tensors. Data that do
+            not fit the model are refused before round 0.
+        algorithm: a name in ``flu.algorithms.REGISTRY`` ("fedavg", "fedprox", "scaffold",
+            "fednova", "feddyn", "fedavgm", "fedadam", "fedyogi", "fedadagrad") or an
+            ``flu.algorithms.Algorithm``.
+        num_rounds: communication rounds R >= 1.
+        local_steps: SGD steps per client per round: an int, or one int per client.
+        client_lr: the clients' learning rate: a positive float, or a callable ``(round, step)``
+            with rounds counted from 1 and steps from 0 within a round (``flu.schedules``).
+        batch_size: minibatch size (sampled without replacement per step from per-(seed, round,
+            client) streams); None for full-batch local gradient descent.
+        server_lr: the server step ``x <- x - server_lr * update(delta)``; None takes the
+            algorithm's default (1.0 for averaging, 1e-2 for FedAdam/FedYogi/FedAdagrad).
+        clients_per_round: clients sampled per round; None for all of them every round.
+        sampling: "uniform" (K without replacement, weights p_i renormalised), "li_scheme_1" or
+            "li_scheme_2" (the unbiased schemes of Li et al. 2020, ICLR).
+        weights: "samples" (p_i = n_i / n) or "uniform" (p_i = 1 / N).
+        loss: "cross_entropy" (softmax; binary on a single logit) or "mse" (no 1/2).
+        l2: weight decay l2/2 ||W||^2 on weight tensors (not biases) in every client's loss.
+        finetune: which parameters train and travel: "full", "linear_probe", "last_layers"
+            (option ``num_layers``, default 2), "bitfit", "lora" or "ffa_lora" (option
+            ``lora_rank``, default 4).
+        systems, privacy, compression: device/network simulation, differential privacy and
+            update compression; only None until those simulations are built.
+        eval_every: evaluate the global model every this many rounds (and after the last).
+        backend: "vectorized" (all selected clients as one batched computation) or "loop" (the
+            plain per-client reference); they agree to rounding.
+        record_params: keep the global parameters of every round in ``History.trajectory``.
+        diagnostics: add global loss, gradient norm, dissimilarity and client drift per round to
+            ``History.rounds`` (costs one full-batch gradient per client per round).
+        progress: show a progress bar.
+        seed: an int in [0, 2**63): every random draw of the run derives from it.
+        checkpoint: a file path: the History is saved there atomically every ``checkpoint_every``
+            rounds, after the last round, and when the run stops on an error or Ctrl-C. The file
+            must not exist yet unless it is also ``resume``.
+        checkpoint_every: rounds between checkpoints.
+        resume: a checkpoint file written by a run with the same arguments (``num_rounds``,
+            ``progress`` and the checkpoint settings may differ): the run goes on from its last
+            completed round and ends with the result an uninterrupted run would give.
+        **options: the algorithm's options (FedProx ``mu``; FedDyn ``alpha``; FedAvgM
+            ``server_momentum``; FedAdam/FedYogi/FedAdagrad ``beta1``, ``beta2``, ``tau``) and the
+            fine-tuning mode's (``num_layers``, ``lora_rank``). Unknown names, and names both the
+            mode and the algorithm claim, are errors.
+
+    Returns:
+        A :class:`History`; ``History.config`` records every value used, defaults included.
+
+    Raises:
+        ValueError / TypeError naming the argument, before round 0, for bad arguments.
+        FloatingPointError naming the round when training diverges, and KeyboardInterrupt when
+        interrupted; both carry the History of the completed rounds as ``err.history``.
     """
-    config = {k: _describe(v) for k, v in dict(
-        model=model, federation=federation, algorithm=algorithm, num_rounds=num_rounds,
-        local_steps=local_steps, client_lr=client_lr, batch_size=batch_size, server_lr=server_lr,
-        clients_per_round=clients_per_round, sampling=sampling, weights=weights, loss=loss, l2=l2,
-        finetune=finetune, systems=systems, eval_every=eval_every, backend=backend,
-        record_params=record_params, diagnostics=diagnostics, seed=seed, **algorithm_options).items()}
-    # ---- validation
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(federation, Federation):
-        raise TypeError(f"federation must be an flu.data.Federation, got {type(federation).__name__}")
-    alg = algs.get(algorithm)
-    num_rounds = chk.integer("num_rounds", num_rounds, low=1)
-    N = federation.num_clients
-    steps_all = _steps_vector(local_steps, N)
-    schedule = _check_schedule(client_lr)
-    if batch_size is not None:
-        batch_size = chk.integer("batch_size", batch_size, low=1)
-    if clients_per_round is not None:
-        clients_per_round = chk.integer("clients_per_round", clients_per_round, low=1, high=N)
-    chk.option("sampling", sampling, SAMPLING)
-    chk.option("weights", weights, ("samples", "uniform"))
-    chk.option("loss", loss, LOSSES)
-    l2 = chk.real("l2", l2, low=0)
-    chk.option("backend", backend, BACKENDS)
-    eval_every = chk.integer("eval_every", eval_every, low=1)
-    seed = chk.integer("seed", seed, low=0)
-    if systems is not None:
-        chk.fail("systems", "None (systems heterogeneity simulation is not available yet)", systems)
-    ft_opts = {k: v for k, v in algorithm_options.items() if k in ft.ALL_OPTIONS}
-    alg_opts = {k: v for k, v in algorithm_options.items() if k not in ft.ALL_OPTIONS}
-    for key in alg_opts:
-        if key not in alg.options:
-            chk.fail(key, f"an option of algorithm {alg.name!r} (options: {sorted(alg.options) or 'none'})",
-                     alg_opts[key])
-    options = {**alg.options, **alg_opts}
-    alg.check_options(options)
-    server_lr = alg.default_server_lr if server_lr is None else chk.real("server_lr", server_lr, low=0, low_open=True)
-
-    if backend == "vectorized":
-        tune_allocator()
-    plan = ft.prepare(model, finetune, seed=seed, **ft_opts)
-    if diagnostics and plan.mode == "lora":
-        chk.fail("diagnostics", "False with finetune='lora' (its server and client coordinates differ)", True)
-    net = plan.model
-    params = {k: v.detach().clone() for k, v in net.named_parameters()}
-    if not params:
-        chk.fail("model", "a module with parameters", type(model).__name__)
-    dtype = next(iter(params.values())).dtype
-    trainable = list(plan.trainable)
-    frozen = {k: v for k, v in params.items() if k not in plan.trainable}
-    l2_names = {k for k in trainable if params[k].dim() >= 2}
-
-    # ---- data as flat tensors with per-client offsets
-    X = torch.cat([x for x, _ in federation.train]).to(dtype)
-    Y = torch.cat([y for _, y in federation.train])
-    classification = not Y.is_floating_point()
-    if loss == "cross_entropy" and not classification:
-        chk.fail("loss", "'mse' for real-valued targets", loss)
-    sizes = torch.as_tensor(federation.sizes)
-    offsets = torch.cumsum(sizes, 0) - sizes
-    p = torch.as_tensor(federation.weights(weights), dtype=torch.float64)
-    evaluator = Evaluator(copy.deepcopy(model), federation, dtype, loss, classification)
-    trainer = Trainer(net, frozen, X, Y, loss, l2_names, l2, backend)
-
-    x = {k: params[k] for k in plan.server}
-    server_state = alg.init_server(x, options)
-    template = alg.init_client(x, options)
-    client_state = {k: v.unsqueeze(0).repeat(N, *[1] * v.dim()) for k, v in template.items()}
-    up_bytes = sum(_nbytes(params[k]) for k in trainable)
-    down_bytes = sum(_nbytes(params[k]) for k in plan.server)
-    trainable_count = sum(params[k].numel() for k in trainable)
-
-    if diagnostics:
-        full_idx, full_w, _ = batch_plan(sizes, offsets, torch.arange(N), torch.ones(N, dtype=torch.long), None,
-                                         seed, 0)
-    rows = {c: [] for c in ("round", "client", "split", "model", "metric", "value")}
-    round_rows, timing_rows = [], []
-    current = plan.merged(_full(params, x))
-    trajectory = [current] if record_params else None
-    evaluator(current, 0, rows)
-
+    cfg = configure(model, federation, algorithm=algorithm, num_rounds=num_rounds, local_steps=local_steps,
+                    client_lr=client_lr, batch_size=batch_size, server_lr=server_lr,
+                    clients_per_round=clients_per_round, sampling=sampling, weights=weights, loss=loss, l2=l2,
+                    finetune=finetune, systems=systems, privacy=privacy, compression=compression,
+                    eval_every=eval_every, backend=backend, record_params=record_params, diagnostics=diagnostics,
+                    progress=progress, seed=seed, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                    resume=resume, options=options)
+    setup = Setup.build(cfg, model, federation)
+    state = State.start(setup) if cfg.resume is None else State.resume(setup, History.load(cfg.resume))
     from tqdm.auto import tqdm
-    for rnd in tqdm(range(1, num_rounds + 1), disable=not progress, desc=alg.label or alg.name, leave=False):
-        t0 = time.perf_counter()
-        sel, agg_w = select_clients(N, clients_per_round, p, sampling, seed, rnd)
-        steps = steps_all[sel]
-        T = int(steps.max())
-        lrs = [float(schedule(rnd, t)) if schedule else float(client_lr) for t in range(T)]
-        if schedule and not all(math.isfinite(v) and v > 0 for v in lrs):
-            chk.fail("client_lr", "a schedule returning positive finite learning rates", lrs)
-        lr_sum = torch.tensor([sum(lrs[:s]) for s in steps.tolist()], dtype=dtype)
-        idx, bw, mask = batch_plan(sizes, offsets, sel, steps, batch_size, seed, rnd)
-        t_local = [0.0]
-
-        def train(shift=None, pull=0.0, start=None, _idx=idx, _bw=bw, _mask=mask, _lrs=lrs, _rnd=rnd, _x=x):
-            if plan.mode == "lora" and (shift is not None or pull):
-                chk.fail("finetune", f"a mode other than 'lora' for {alg.name!r}: its local correction "
-                         "acts on the dense weights, which LoRA clients do not train (try 'ffa_lora')", "lora")
-            t1 = time.perf_counter()
-            if start is None:
-                begin = plan.client_start(_x, _rnd, lambda i: stream(seed, _rnd, i, LORA))
-                start = {k: v.unsqueeze(0).expand(len(_idx), *v.shape) for k, v in begin.items()}
-            trainer.frozen = {**frozen, **{k: v for k, v in _x.items() if k in frozen}}
-            out = plan.to_server(trainer(_x, _idx, _bw, _mask, _lrs, start, shift=shift, pull=pull), _x)
-            t_local[0] += time.perf_counter() - t1
-            return out
-
-        state_sel = {k: v[sel] for k, v in client_state.items()}
-        result = alg.client_update(algs.ClientRound(x, state_sel, server_state, steps, lr_sum, options, train))
-        for k, v in result.state.items():
-            client_state[k][sel] = v
-        x_new, server_state = alg.server_update(algs.ServerRound(
-            x, server_state, result.delta, result.upload, agg_w.to(dtype), p[sel].to(dtype), steps, server_lr,
-            options, N))
-        if not all(bool(torch.isfinite(v).all()) for v in x_new.values()):
-            raise FloatingPointError(f"round {rnd}: the global parameters became NaN or infinite (training "
-                                     f"diverged); try a smaller client_lr (now {lrs[0]:g}) or server_lr")
-        x_old, x = x, {k: x_new[k] for k in plan.server}
-        K = len(sel)
-        diag = {}
-        if diagnostics:
-            losses, grads = trainer.objectives(x, full_idx, full_w)
-            diag = round_diagnostics(losses, grads, p.to(dtype), result.delta,
-                                                 {k: x_old[k] - x[k] for k in x})
-        up_extra = sum(_nbytes(v) for v in result.upload.values())
-        down_extra = sum(_nbytes(server_state[k]) for k in alg.broadcast) * K
-        round_rows.append(dict(round=rnd, clients_selected=K, clients_completed=K,
-                               bytes_up=K * up_bytes + up_extra,
-                               bytes_down=K * down_bytes + down_extra, trainable_params=trainable_count,
-                               **diag))
-        evaluate = rnd % eval_every == 0 or rnd == num_rounds
-        if record_params or evaluate:
-            current = plan.merged(_full(params, x))
-        if record_params:
-            trajectory.append(current)
-        if evaluate:
-            evaluator(current, rnd, rows)
-        seconds = time.perf_counter() - t0
-        timing_rows.append(dict(round=rnd, seconds=seconds, local_seconds=t_local[0],
-                                seconds_per_step=t_local[0] / T))
-
-    final = plan.merged(_full(params, x))
-    trained = copy.deepcopy(model)
-    with torch.no_grad():
-        for k, v in trained.named_parameters():
-            v.copy_(final[k])
-    return History(metrics_frame(rows), pd.DataFrame(round_rows), pd.DataFrame(timing_rows), config, final,
-                   trained, trajectory, client_state)
+    rounds = range(state.completed + 1, cfg.num_rounds + 1)
+    try:
+        for rnd in tqdm(rounds, disable=not cfg.progress, desc=cfg.algorithm.label or cfg.algorithm.name,
+                        leave=False):
+            play_round(setup, state, rnd)
+            if cfg.checkpoint is not None and (rnd % cfg.checkpoint_every == 0 or rnd == cfg.num_rounds):
+                state.history().save(cfg.checkpoint, overwrite=True)
+    except (FloatingPointError, KeyboardInterrupt) as err:
+        err.history = state.history()
+        if cfg.checkpoint is not None:
+            err.history.save(cfg.checkpoint, overwrite=True)
+        raise
+    return state.history()
 
 
-def _full(params, x):
-    """All parameters (frozen ones from ``params``, trainable from ``x``), detached copies."""
-    return {k: (x[k] if k in x else v).detach().clone() for k, v in params.items()}
+# ------------------------------------------------------------------------------- set-up
 
+@dataclass
+class Setup:
+    """What stays fixed during a run: the configuration, the mode's plan, the data as flat tensors
+    with per-client offsets, the trainer and evaluator, and per-round byte counts."""
+
+    cfg: RunConfig
+    model: torch.nn.Module
+    plan: ft.Plan
+    params: dict              # every parameter of the client network at round 0
+    frozen: dict
+    sizes: torch.Tensor
+    offsets: torch.Tensor
+    p: torch.Tensor           # population weights p_i (float64)
+    steps: torch.Tensor       # (N,) local steps
+    trainer: Trainer
+    evaluator: Evaluator
+    up_bytes: int
+    down_bytes: int
+    trainable_count: int
+    full_batch: tuple | None  # (idx, w) of every client's full batch, for diagnostics
+
+    @classmethod
+    def build(cls, cfg: RunConfig, model, federation) -> "Setup":
+        checks.check_replayable(model)
+        plan = ft.prepare(model, cfg.finetune, seed=cfg.seed, **cfg.finetune_options)
+        params = {k: v.detach().clone() for k, v in plan.model.named_parameters()}
+        if not params:
+            chk.fail("model", "a module with parameters", type(model).__name__)
+        dtype = next(iter(params.values())).dtype
+        checks.check_data(model, federation, cfg.loss, dtype)
+        X = torch.cat([x for x, _ in federation.train]).to(dtype)
+        Y = torch.cat([y for _, y in federation.train])
+        if cfg.backend == "vectorized":
+            tune_allocator()
+        trainable = list(plan.trainable)
+        frozen = {k: v for k, v in params.items() if k not in plan.trainable}
+        l2_names = {k for k in trainable if params[k].dim() >= 2}
+        sizes = torch.as_tensor(federation.sizes)
+        N = len(sizes)
+        trainer = Trainer(plan.model, frozen, X, Y, cfg.loss, l2_names, cfg.l2, cfg.backend)
+        if cfg.backend == "vectorized":
+            trainer.chunk = _chunk(cfg, plan, params, X, sizes)
+        full_batch = None
+        if cfg.diagnostics:
+            idx, w, _ = batch_plan(sizes, torch.cumsum(sizes, 0) - sizes, torch.arange(N),
+                                   torch.ones(N, dtype=torch.long), None, cfg.seed, 0)
+            full_batch = (idx, w)
+        nbytes = {k: v.numel() * v.element_size() for k, v in params.items()}
+        return cls(cfg, model, plan, params, frozen, sizes, torch.cumsum(sizes, 0) - sizes,
+                   torch.as_tensor(federation.weights(cfg.weights), dtype=torch.float64),
+                   torch.tensor(cfg.local_steps, dtype=torch.long), trainer,
+                   Evaluator(copy.deepcopy(model), federation, dtype, cfg.loss, not Y.is_floating_point()),
+                   sum(nbytes[k] for k in trainable), sum(nbytes[k] for k in plan.server),
+                   sum(params[k].numel() for k in trainable), full_batch)
+
+    @property
+    def dtype(self):
+        return next(iter(self.params.values())).dtype
+
+    def full(self, x: dict) -> dict:
+        """The original architecture's parameters (adapters merged) with trainable values from ``x``."""
+        return self.plan.merged({k: (x[k] if k in x else v).detach().clone() for k, v in self.params.items()})
+
+
+def _chunk(cfg, plan, params, X, sizes) -> int:
+    """Clients per stacked computation: every selected client at once when they fit in memory."""
+    K = cfg.clients_per_round or len(sizes)
+    B = int(sizes.max()) if cfg.batch_size is None else min(cfg.batch_size, int(sizes.max()))
+    nbytes = {k: v.numel() * v.element_size() for k, v in params.items()}
+    trainable = sum(nbytes[k] for k in plan.trainable)
+    T = max(cfg.local_steps)
+    batch_in = T * B * X[0].numel() * X.element_size()
+    gathered = batch_in if K * batch_in <= GATHER_BYTES else 0
+    # per client: parameters, gradients, start copy and algorithm state; activations kept for backward
+    per_client = 4 * trainable + 3 * B * checks.activation_bytes(plan.model, X[:1]) + gathered
+    shared = X.numel() * X.element_size() + sum(nbytes.values()) + len(sizes) * 2 * trainable
+    return checks.clients_per_chunk(per_client=per_client, shared=shared, num_clients=K,
+                                    num_params=sum(p.numel() for p in params.values()))
+
+
+# ------------------------------------------------------------------------------- state
+
+@dataclass
+class State:
+    """What the rounds change: global parameters x (server coordinates), server and client
+    state, and the tables of the completed rounds."""
+
+    setup: Setup
+    x: dict
+    server_state: dict
+    client_state: dict
+    completed: int = 0
+    rows: dict = field(default_factory=lambda: {c: [] for c in METRIC_COLUMNS})
+    round_rows: list = field(default_factory=list)
+    timing_rows: list = field(default_factory=list)
+    trajectory: list | None = None
+
+    @classmethod
+    def start(cls, setup: Setup) -> "State":
+        cfg = setup.cfg
+        x = {k: setup.params[k] for k in setup.plan.server}
+        template = cfg.algorithm.init_client(x, cfg.options)
+        N = len(setup.sizes)
+        state = cls(setup, x, cfg.algorithm.init_server(x, cfg.options),
+                    {k: v.unsqueeze(0).repeat(N, *[1] * v.dim()) for k, v in template.items()})
+        current = setup.full(x)
+        state.trajectory = [current] if cfg.record_params else None
+        setup.evaluator(current, 0, state.rows)
+        return state
+
+    @classmethod
+    def resume(cls, setup: Setup, hist: History) -> "State":
+        cfg = setup.cfg
+        want = {k: v for k, v in cfg.describe().items() if k not in RESUMABLE}
+        have = {k: v for k, v in hist.config.items() if k not in RESUMABLE}
+        differ = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        if differ:
+            chk.fail("resume", "a checkpoint of a run with the same arguments (these differ: "
+                     + ", ".join(f"{k}={have.get(k)!r} there, {want.get(k)!r} here" for k in differ[:4]) + ")",
+                     str(cfg.resume))
+        saved = hist.server_state
+        done = int(saved.get("round", -1))
+        if done < 0 or "params" not in saved:
+            chk.fail("resume", "a checkpoint written by flu.run(checkpoint=...)", str(cfg.resume))
+        if done > cfg.num_rounds:
+            chk.fail("num_rounds", f"at least the checkpoint's {done} completed rounds", cfg.num_rounds)
+        metrics = hist.metrics
+        rows = {c: metrics[c].tolist() for c in METRIC_COLUMNS}
+        rows["client"] = [-1 if pd.isna(c) else int(c) for c in rows["client"]]
+        return cls(setup, dict(saved["params"]), dict(saved.get("algorithm", {})), dict(hist.client_state), done,
+                   rows, hist.rounds.to_dict("records"), hist.timing.to_dict("records"),
+                   None if hist.trajectory is None else list(hist.trajectory))
+
+    def history(self) -> History:
+        setup = self.setup
+        final = setup.full(self.x)
+        trained = copy.deepcopy(setup.model)
+        with torch.no_grad():
+            for k, v in trained.named_parameters():
+                v.copy_(final[k])
+        return History(metrics_frame(self.rows), pd.DataFrame(self.round_rows), pd.DataFrame(self.timing_rows),
+                       setup.cfg.describe(), final, trained, self.trajectory, dict(self.client_state),
+                       server_state={"round": self.completed, "params": dict(self.x),
+                                     "algorithm": dict(self.server_state)})
+
+
+# ------------------------------------------------------------------------------- one round
+
+def play_round(setup: Setup, state: State, rnd: int) -> None:
+    """Round ``rnd``: select, train locally, aggregate, update the server, evaluate; commit to
+    ``state`` only when all of it succeeded."""
+    cfg, alg, dtype, N = setup.cfg, setup.cfg.algorithm, setup.dtype, len(setup.sizes)
+    t0 = time.perf_counter()
+    sel, agg_w = select_clients(N, cfg.clients_per_round, setup.p, cfg.sampling, cfg.seed, rnd)
+    steps = setup.steps[sel]
+    T = int(steps.max())
+    lrs = [cfg.lr(rnd, t) for t in range(T)]
+    if callable(cfg.client_lr) and not all(math.isfinite(v) and v > 0 for v in lrs):
+        chk.fail("client_lr", "a schedule returning positive finite learning rates", lrs)
+    lr_sum = torch.tensor([sum(lrs[:s]) for s in steps.tolist()], dtype=dtype)
+    idx, bw, mask = batch_plan(setup.sizes, setup.offsets, sel, steps, cfg.batch_size, cfg.seed, rnd)
+    x, plan = state.x, setup.plan
+    t_local = [0.0]
+
+    def train(shift=None, pull=0.0, start=None):
+        if plan.mode == "lora" and (shift is not None or pull):
+            chk.fail("finetune", f"a mode other than 'lora' for {alg.name!r}: its local correction acts on the "
+                     "dense weights, which LoRA clients do not train (try 'ffa_lora')", "lora")
+        t1 = time.perf_counter()
+        if start is None:
+            begin = plan.client_start(x, rnd, lambda i: stream(cfg.seed, rnd, i, LORA))
+            start = {k: v.unsqueeze(0).expand(len(idx), *v.shape) for k, v in begin.items()}
+        setup.trainer.frozen = {**setup.frozen, **{k: v for k, v in x.items() if k in setup.frozen}}
+        out = plan.to_server(setup.trainer(x, idx, bw, mask, lrs, start, shift=shift, pull=pull), x)
+        t_local[0] += time.perf_counter() - t1
+        return out
+
+    result = alg.client_update(algs.ClientRound(x, {k: v[sel] for k, v in state.client_state.items()},
+                                                state.server_state, steps, lr_sum, cfg.options, train))
+    K = len(sel)
+    x_new, server_state = alg.server_update(algs.ServerRound(
+        x, state.server_state, result.delta, result.upload, agg_w.to(dtype), setup.p[sel].to(dtype), steps,
+        cfg.server_lr, cfg.options, N, sel, torch.ones(K, dtype=torch.bool)))
+    if not all(bool(torch.isfinite(v).all()) for v in x_new.values()):
+        raise FloatingPointError(f"round {rnd}: the global parameters became NaN or infinite (training "
+                                 f"diverged); try a smaller client_lr (now {lrs[0]:g}) or server_lr")
+    x_new = {k: x_new[k] for k in plan.server}
+    diag = {}
+    if cfg.diagnostics:
+        losses, grads = setup.trainer.objectives(x_new, *setup.full_batch)
+        diag = round_diagnostics(losses, grads, setup.p.to(dtype), result.delta,
+                                 {k: x[k] - x_new[k] for k in x_new})
+    up_extra = sum(v.numel() * v.element_size() for v in result.upload.values())
+    down_extra = sum(server_state[k].numel() * server_state[k].element_size() for k in alg.broadcast) * K
+    evaluate = rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds
+    current = setup.full(x_new) if (cfg.record_params or evaluate) else None
+    rows = {c: [] for c in METRIC_COLUMNS}
+    if evaluate:
+        setup.evaluator(current, rnd, rows)  # raises FloatingPointError on a non-finite metric
+    # ---- commit: nothing above changed the state
+    for k, v in result.state.items():
+        state.client_state[k][sel] = v
+    state.x, state.server_state = x_new, server_state
+    for c in METRIC_COLUMNS:
+        state.rows[c].extend(rows[c])
+    state.round_rows.append(dict(round=rnd, clients_selected=K, clients_completed=K,
+                                 bytes_up=K * setup.up_bytes + up_extra, bytes_down=K * setup.down_bytes + down_extra,
+                                 trainable_params=setup.trainable_count, **diag))
+    if cfg.record_params:
+        state.trajectory.append(current)
+    state.timing_rows.append(dict(round=rnd, seconds=time.perf_counter() - t0, local_seconds=t_local[0],
+                                  seconds_per_step=t_local[0] / T))
+    state.completed = rnd

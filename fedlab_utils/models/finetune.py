@@ -116,8 +116,9 @@ class Plan:
         return out
 
 
-def prepare(model: nn.Module, mode: str = "full", seed: int = 0, **options) -> Plan:
-    """The :class:`Plan` of ``mode`` for ``model``; options (``num_layers``, ``lora_rank``) checked here."""
+def resolve_options(mode: str, **options) -> dict:
+    """``mode``'s options with defaults filled in (``num_layers`` 2, ``lora_rank`` 4), checked as
+    far as they can be without the model; unknown names are errors."""
     if mode == "none":
         chk.fail("finetune", "a trainable mode: the training-free baseline 'none' is "
                  "flu.fewshot.prototype_classifier, not an flu.run mode", mode)
@@ -127,6 +128,14 @@ def prepare(model: nn.Module, mode: str = "full", seed: int = 0, **options) -> P
         if key not in allowed:
             chk.fail(key, f"an option of finetune={mode!r} (options: {sorted(allowed) or 'none'})", options[key])
     opts = {**allowed, **options}
+    for key, value in opts.items():
+        chk.integer(key, value, low=1)
+    return opts
+
+
+def prepare(model: nn.Module, mode: str = "full", seed: int = 0, **options) -> Plan:
+    """The :class:`Plan` of ``mode`` for ``model``; options (``num_layers``, ``lora_rank``) checked here."""
+    opts = resolve_options(mode, **options)
     original = model
     model = copy.deepcopy(model)
     names = [n for n, _ in model.named_parameters()]

@@ -25,12 +25,12 @@ def test_registry_names_labels_and_docs():
         assert algs.get(name).name == name
         doc = build.__doc__
         assert doc and any(year in doc for year in ("2017", "2019", "2020", "2021")), name
-    assert algs.fedprox().options == {"mu": 0.01}
-    assert algs.feddyn().options == {"alpha": 0.01}
-    assert algs.fedavgm().options == {"server_momentum": 0.9}
+    assert algs.fedprox().options.as_dict() == {"mu": 0.01}
+    assert algs.feddyn().options.as_dict() == {"alpha": 0.01}
+    assert algs.fedavgm().options.as_dict() == {"server_momentum": 0.9}
     for name in ("fedadam", "fedyogi", "fedadagrad"):
         alg = algs.REGISTRY[name]()
-        assert alg.options == {"beta1": 0.9, "beta2": 0.99, "tau": 1e-3} and alg.default_server_lr == 1e-2
+        assert alg.options.as_dict() == {"beta1": 0.9, "beta2": 0.99, "tau": 1e-3} and alg.default_server_lr == 1e-2
     assert algs.scaffold().broadcast == ("c",)
 
 

@@ -1,0 +1,217 @@
+"""``flu.run``'s arguments, validated once into a frozen :class:`RunConfig`.
+
+Every check happens here, before any training, and raises ``ValueError``/``TypeError`` naming
+the parameter, the constraint and the value received. :meth:`RunConfig.describe` is the run's
+``History.config``: every value the run used, defaults included (FedProx's ``mu``, the resolved
+``server_lr``, LoRA's ``lora_rank``), as plain JSON values.
+"""
+from __future__ import annotations
+
+import hashlib
+import numbers
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .. import algorithms as algs
+from .._core import checks as chk
+from .._core.losses import LOSSES
+from .._core.random import seed_value
+from ..data.datasets import Federation
+from ..models import finetune as ft
+from .local import BACKENDS
+from .sampling import SAMPLING
+
+WEIGHTS = ("samples", "uniform")
+# arguments that may differ between a checkpointed run and its resumption
+RESUMABLE = ("num_rounds", "progress", "checkpoint", "checkpoint_every", "resume")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run uses, validated: the algorithm with its typed options, the fine-tuning
+    mode with its options, per-client local steps, the resolved server learning rate."""
+
+    algorithm: algs.Algorithm
+    options: algs.Options
+    num_rounds: int
+    local_steps: tuple            # one int per client
+    client_lr: float | Callable   # a constant or a schedule (round, step) -> lr
+    batch_size: int | None
+    server_lr: float
+    clients_per_round: int | None
+    sampling: str
+    weights: str
+    loss: str
+    l2: float
+    finetune: str
+    finetune_options: dict
+    eval_every: int
+    backend: str
+    record_params: bool
+    diagnostics: bool
+    progress: bool
+    seed: int
+    checkpoint: Path | None
+    checkpoint_every: int
+    resume: Path | None
+    model_name: str
+    federation_name: str
+    fingerprint: str              # of the model's initial parameters and the federation's data
+
+    def lr(self, rnd: int, step: int) -> float:
+        return float(self.client_lr(rnd, step)) if callable(self.client_lr) else float(self.client_lr)
+
+    def describe(self) -> dict:
+        """``History.config``: plain JSON values (a schedule by its name, a model by name and size)."""
+        steps = self.local_steps
+        cfg = dict(
+            model=self.model_name, federation=self.federation_name, algorithm=self.algorithm.name,
+            num_rounds=self.num_rounds,
+            local_steps=steps[0] if len(set(steps)) == 1 else list(steps),
+            client_lr=getattr(self.client_lr, "__name__", repr(self.client_lr)) if callable(self.client_lr)
+            else self.client_lr,
+            batch_size=self.batch_size, server_lr=self.server_lr, clients_per_round=self.clients_per_round,
+            sampling=self.sampling, weights=self.weights, loss=self.loss, l2=self.l2, finetune=self.finetune,
+            systems=None, privacy=None, compression=None, eval_every=self.eval_every, backend=self.backend,
+            record_params=self.record_params, diagnostics=self.diagnostics, progress=self.progress,
+            seed=self.seed, checkpoint=None if self.checkpoint is None else str(self.checkpoint),
+            checkpoint_every=self.checkpoint_every, resume=None if self.resume is None else str(self.resume),
+            fingerprint=self.fingerprint)
+        cfg.update({k: _plain(v) for k, v in self.options.as_dict().items()})
+        cfg.update({k: _plain(v) for k, v in self.finetune_options.items()})
+        return cfg
+
+
+def _plain(value):
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if value is None or isinstance(value, str):
+        return value
+    return repr(value)
+
+
+def _steps(local_steps, N) -> tuple:
+    if isinstance(local_steps, numbers.Integral) and not isinstance(local_steps, bool):
+        return (chk.integer("local_steps", local_steps, low=1),) * N
+    if not isinstance(local_steps, (list, tuple, np.ndarray, torch.Tensor)):
+        raise TypeError(f"local_steps must be an int or one int per client, got {type(local_steps).__name__}")
+    steps = list(local_steps.tolist() if isinstance(local_steps, (np.ndarray, torch.Tensor)) else local_steps)
+    if len(steps) != N:
+        chk.fail("local_steps", f"one int per client ({N} clients)", f"a list of length {len(steps)}")
+    return tuple(chk.integer(f"local_steps[{i}]", s, low=1) for i, s in enumerate(steps))
+
+
+def _path(name, value) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a file path or None, got {type(value).__name__}")
+    return Path(value)
+
+
+def fingerprint(model: torch.nn.Module, federation: Federation) -> str:
+    """A short hash of the model's parameters and the federation's tensors (what a resume must match)."""
+    h = hashlib.blake2b(digest_size=8)
+    for name, p in model.state_dict().items():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    for pairs in (federation.train, federation.test):
+        for X, y in pairs:
+            for t in (X, y):
+                h.update(str(tuple(t.shape)).encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def configure(model, federation, *, algorithm, num_rounds, local_steps, client_lr, batch_size, server_lr,
+              clients_per_round, sampling, weights, loss, l2, finetune, systems, privacy, compression, eval_every,
+              backend, record_params, diagnostics, progress, seed, checkpoint, checkpoint_every, resume,
+              options) -> RunConfig:
+    """Validate ``flu.run``'s arguments (see its docstring) into a :class:`RunConfig`."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(federation, Federation):
+        raise TypeError(f"federation must be an flu.data.Federation, got {type(federation).__name__}")
+    alg = algs.get(algorithm)
+    N = federation.num_clients
+    if callable(client_lr):
+        schedule = client_lr
+    else:
+        schedule = chk.real("client_lr", client_lr, low=0, low_open=True)
+    if batch_size is not None:
+        batch_size = chk.integer("batch_size", batch_size, low=1)
+    if clients_per_round is not None:
+        clients_per_round = chk.integer("clients_per_round", clients_per_round, low=1, high=N)
+    for name, value in (("systems", systems), ("privacy", privacy), ("compression", compression)):
+        if value is not None:
+            chk.fail(name, "None (this simulation is not built yet; docs/architecture.md, 'What comes next')", value)
+    mode = finetune
+    if not isinstance(mode, str):
+        chk.fail("finetune", f"one mode name of {list(ft.MODES)}", mode)
+    alg_values, ft_values = _route(options, alg, mode)
+    opts = alg.configure(**alg_values)
+    ft_options = ft.resolve_options(mode, **ft_values)
+    server_lr = alg.default_server_lr if server_lr is None else chk.real("server_lr", server_lr, low=0,
+                                                                         low_open=True)
+    checkpoint, resume = _path("checkpoint", checkpoint), _path("resume", resume)
+    if checkpoint is not None and checkpoint.exists() and (resume is None or resume.resolve() != checkpoint.resolve()):
+        chk.fail("checkpoint", "a new file, or the file given as resume= (a run never overwrites another's "
+                 "checkpoint: pass resume= to continue it, or delete it)", str(checkpoint))
+    if resume is not None and not resume.exists():
+        chk.fail("resume", "an existing checkpoint file", str(resume))
+    if diagnostics and mode == "lora":
+        chk.fail("diagnostics", "False with finetune='lora' (its server and client coordinates differ)", True)
+    return RunConfig(
+        algorithm=alg, options=opts, num_rounds=chk.integer("num_rounds", num_rounds, low=1),
+        local_steps=_steps(local_steps, N), client_lr=schedule, batch_size=batch_size, server_lr=server_lr,
+        clients_per_round=clients_per_round, sampling=chk.option("sampling", sampling, SAMPLING),
+        weights=chk.option("weights", weights, WEIGHTS), loss=chk.option("loss", loss, LOSSES),
+        l2=chk.real("l2", l2, low=0), finetune=mode, finetune_options=ft_options,
+        eval_every=chk.integer("eval_every", eval_every, low=1), backend=chk.option("backend", backend, BACKENDS),
+        record_params=_flag("record_params", record_params), diagnostics=_flag("diagnostics", diagnostics),
+        progress=_flag("progress", progress), seed=seed_value("seed", seed), checkpoint=checkpoint,
+        checkpoint_every=chk.integer("checkpoint_every", checkpoint_every, low=1), resume=resume,
+        model_name=f"{getattr(model, 'name', type(model).__name__)} "
+                   f"({sum(p.numel() for p in model.parameters())} parameters)",
+        federation_name=repr(federation), fingerprint=fingerprint(model, federation))
+
+
+def _flag(name, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _route(options: dict, alg: algs.Algorithm, mode: str) -> tuple[dict, dict]:
+    """Split ``flu.run``'s extra keywords between the algorithm and the fine-tuning mode.
+
+    A name the mode takes (``num_layers`` for ``last_layers``, ``lora_rank`` for the LoRA modes)
+    goes to the mode, any other to the algorithm; a name both claim is ambiguous, a name neither
+    takes is unknown: both are errors.
+    """
+    mode_names = set(ft.OPTIONS.get(mode, {}))
+    alg_names = set(alg.options.names())
+    alg_values, ft_values = {}, {}
+    for key, value in options.items():
+        if key in mode_names and key in alg_names:
+            chk.fail(key, f"claimed by one side only: both finetune={mode!r} and algorithm {alg.name!r} take it "
+                     "(rename the algorithm's option)", value)
+        if key in mode_names:
+            ft_values[key] = value
+        elif key in alg_names:
+            alg_values[key] = value
+        elif key in ft.ALL_OPTIONS:
+            chk.fail(key, f"an option of finetune={mode!r} or of algorithm {alg.name!r} (it belongs to "
+                     f"{sorted(m for m, o in ft.OPTIONS.items() if key in o)})", value)
+        else:
+            chk.fail(key, f"an option of algorithm {alg.name!r} (options: {sorted(alg_names) or 'none'})", value)
+    return alg_values, ft_values
