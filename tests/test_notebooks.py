@@ -3,7 +3,7 @@
 The execution tests start a fresh ``python3`` kernel from the interpreter running pytest (the
 project's venv), with ``FEDLAB_FAST=1``, ``MPLBACKEND`` unset (so the kernel's inline backend
 draws), the working directory ``notebooks/`` and a 600 s limit per cell. Each notebook must
-finish within ``FEDLAB_NB_BUDGET`` seconds (default 60, the 2-core CI budget of DESIGN.md).
+finish within ``FEDLAB_NB_BUDGET`` seconds (default 60 s: the budget on a 2-core CI machine, docs/contracts.md).
 Measured times go to ``test-artifacts/notebook_times.json`` and the executed notebooks to
 ``test-artifacts/executed/`` (the folder is git-ignored).
 
