@@ -1,9 +1,14 @@
 """Partitioners named after their published schemes, label-count tables, heterogeneity metrics.
 
-Every partitioner takes the labels ``y`` (torch tensor or numpy array), seeds its own
-``np.random.default_rng(seed)`` and returns a :class:`Partition` whose clients together hold every
-sample exactly once. ``label_counts`` turns a partition into a tidy table (for ``flu.plots``) and
-``heterogeneity`` summarises it in a few scalars.
+Every partitioner takes the labels ``y`` (torch tensor or numpy array) and a ``seed`` (an int in
+[0, 2**63)), draws from the package's one seeded stream ``np_stream(seed, scheme, ..., PARTITION)``
+(``flu._core.random``; a scheme key keeps two partitioners run with one seed independent) and
+returns a :class:`Partition` whose clients together hold every sample exactly once (only
+``pathological(..., scheme="niid_bench")`` may leave out a label no client holds). Label values
+may be sparse (e.g. {0, 7, 100000}): they are mapped to their sorted distinct values first, so
+time and memory grow with the number of distinct labels, not the largest. ``label_counts`` turns
+a partition into a tidy table (for ``flu.plots``) and ``heterogeneity`` summarises it in a few
+scalars.
 """
 from __future__ import annotations
 
@@ -14,8 +19,17 @@ import pandas as pd
 import torch
 
 from .._core import checks as chk
+from .._core.random import PARTITION, np_stream, seed_value
 
 MAX_DRAWS = 100  # redraws allowed to meet ``dirichlet``'s ``min_size``
+PATHOLOGICAL_SCHEMES = ("balanced", "niid_bench")
+
+# first key of each scheme's streams: np_stream(seed, scheme, *item keys, PARTITION)
+_IID, _DIRICHLET, _PATHOLOGICAL, _NIID_BENCH, _SHARDS, _QUANTITY, _INNER = range(1, 8)
+
+
+def _rng(seed: int, scheme: int, *keys) -> np.random.Generator:
+    return np_stream(seed, scheme, *keys, PARTITION)
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,9 +77,10 @@ class Partition:
 
 
 def _make(owner: np.ndarray, n_parts: int, name: str, **params) -> Partition:
-    """Partition from ``owner[j]`` = client of sample j (indices come out sorted)."""
-    order = np.argsort(owner, kind="stable")
-    cuts = np.cumsum(np.bincount(owner, minlength=n_parts))[:-1]
+    """Partition from ``owner[j]`` = client of sample j, -1 for a sample left out (indices come out sorted)."""
+    kept = np.flatnonzero(owner >= 0)
+    order = kept[np.argsort(owner[kept], kind="stable")]
+    cuts = np.cumsum(np.bincount(owner[kept], minlength=n_parts))[:-1]
     return Partition(tuple(np.split(order.astype(np.int64), cuts)), name, params)
 
 
@@ -77,12 +92,28 @@ def _from_lists(parts, n: int, name: str, **params) -> Partition:
 
 
 def _setup(y, num_clients, seed, *, labels=True):
+    """Checked ``(y, num_clients, seed)``."""
     y = chk.labels("y", y) if labels else _targets(y)
     num_clients = chk.integer("num_clients", num_clients, low=1)
-    chk.integer("seed", seed, low=0)
+    seed = seed_value("seed", seed)
     if num_clients > len(y):
         chk.fail("num_clients", f"at most the number of samples ({len(y)})", num_clients)
-    return y, num_clients, np.random.default_rng(seed)
+    return y, num_clients, seed
+
+
+def _classes(y: np.ndarray):
+    """``(classes, by_class)``: the sorted distinct labels and, per class, its sample indices (sorted).
+
+    O(n log n) whatever the label values (no array of size max(y) + 1)."""
+    classes, inv = np.unique(y, return_inverse=True)
+    inv = inv.ravel()
+    order = np.argsort(inv, kind="stable").astype(np.int64)
+    return classes, np.split(order, np.cumsum(np.bincount(inv, minlength=len(classes)))[:-1])
+
+
+def _even(total: int, parts: int) -> np.ndarray:
+    """Sizes of ``np.array_split(range(total), parts)``: the first ``total % parts`` one larger."""
+    return total // parts + (np.arange(parts) < total % parts)
 
 
 def _targets(y) -> np.ndarray:
@@ -109,9 +140,28 @@ def iid(y, num_clients: int, seed: int = 0) -> Partition:
     Labels are not used, so ``y`` may also be a regression target. The baseline of McMahan et al.
     2017 ("Communication-Efficient Learning of Deep Networks from Decentralized Data") and NIID-Bench.
     """
-    y, num_clients, rng = _setup(y, num_clients, seed, labels=False)
+    y, num_clients, seed = _setup(y, num_clients, seed, labels=False)
+    rng = _rng(seed, _IID)
     return _from_lists(np.array_split(rng.permutation(len(y)), num_clients), len(y), "iid",
                        num_clients=num_clients, seed=seed)
+
+
+def _alpha_per_class(alpha, classes: np.ndarray) -> tuple[np.ndarray, object]:
+    """(alpha of each present class, the JSON-able value to record)."""
+    if np.ndim(alpha) == 0:
+        a = chk.real("alpha", alpha, low=0, low_open=True)
+        return np.full(len(classes), a), a
+    try:
+        arr = np.asarray(alpha, dtype=float)
+    except (TypeError, ValueError):
+        chk.fail("alpha", "a positive number or a sequence of positive numbers", alpha)
+    by_value = int(classes[-1]) + 1
+    if arr.shape not in ((len(classes),), (by_value,)):
+        chk.fail("alpha", f"a positive number or one per class: {len(classes)} values (one per label "
+                 f"present, in sorted order) or {by_value} (one per label 0..{by_value - 1})", alpha)
+    if not (np.all(np.isfinite(arr)) and np.all(arr > 0)):
+        chk.fail("alpha", "positive and finite", alpha)
+    return (arr if len(arr) == len(classes) else arr[classes]), arr.tolist()
 
 
 def dirichlet(y, num_clients: int, alpha, seed: int = 0, min_size: int = 1) -> Partition:
@@ -120,43 +170,33 @@ def dirichlet(y, num_clients: int, alpha, seed: int = 0, min_size: int = 1) -> P
     For each class k: draw q_k ~ Dir(alpha_k * 1_N) over the N clients, shuffle the class's n_k
     samples and cut them at floor(n_k * cumsum(q_k)), so client i gets about q_k[i] * n_k of them.
     Small ``alpha`` puts each class on few clients; large ``alpha`` approaches IID. ``alpha`` is a
-    scalar or one value per class 0..C-1. The whole draw is repeated until every client has at
-    least ``min_size`` samples, at most 100 times, then a ValueError says it cannot be met.
-    (NIID-Bench's code also zeroes q_k[i] for clients already above n/N; we do not, like Flower
-    Datasets' ``DirichletPartitioner`` default.)
+    scalar, one value per label present (in sorted order) or one per label 0..max(y). Class k's
+    draws come from its own stream (seed, draw, label). The whole draw is repeated until every
+    client has at least ``min_size`` samples, at most 100 times, then a ValueError says it cannot
+    be met. (NIID-Bench's code also zeroes q_k[i] for clients already above n/N; we do not, like
+    Flower Datasets' ``DirichletPartitioner`` default.)
 
     Li, Diao, Chen, He 2022, "Federated Learning on Non-IID Data Silos: An Experimental Study",
     ICDE; Yurochkin et al. 2019, "Bayesian Nonparametric Federated Learning of Neural Networks", ICML.
     """
-    y, num_clients, rng = _setup(y, num_clients, seed)
-    num_classes = int(y.max()) + 1
-    if np.ndim(alpha) == 0:
-        alpha_arr = np.full(num_classes, chk.real("alpha", alpha, low=0, low_open=True))
-    else:
-        try:
-            alpha_arr = np.asarray(alpha, dtype=float)
-        except (TypeError, ValueError):
-            chk.fail("alpha", "a positive number or a sequence of positive numbers", alpha)
-    if alpha_arr.shape != (num_classes,):
-        chk.fail("alpha", f"a positive number or one per class ({num_classes} values)", alpha)
-    elif not (np.all(np.isfinite(alpha_arr)) and np.all(alpha_arr > 0)):
-        chk.fail("alpha", "positive and finite", alpha)
+    y, num_clients, seed = _setup(y, num_clients, seed)
+    classes, by_class = _classes(y)
+    alpha_arr, alpha_out = _alpha_per_class(alpha, classes)
     min_size = chk.integer("min_size", min_size, low=0)
     if num_clients * min_size > len(y):
         chk.fail("min_size", f"at most n / num_clients = {len(y)} / {num_clients} "
                  "(every client needs min_size samples)", min_size)
-    by_class = [np.flatnonzero(y == k) for k in range(num_classes)]
     smallest = 0
-    for _ in range(MAX_DRAWS):
+    for draw in range(MAX_DRAWS):
         owner = np.empty(len(y), dtype=np.int64)
         for k, idx in enumerate(by_class):
+            rng = _rng(seed, _DIRICHLET, draw, classes[k])
             q = rng.dirichlet(np.full(num_clients, alpha_arr[k]))
             cuts = (np.cumsum(q) * len(idx)).astype(np.int64)[:-1]
             counts = np.diff(np.concatenate(([0], cuts, [len(idx)])))
             owner[rng.permutation(idx)] = np.repeat(np.arange(num_clients), counts)
         smallest = max(smallest, int(np.bincount(owner, minlength=num_clients).min()))
         if smallest >= min_size:
-            alpha_out = alpha_arr.tolist() if np.ndim(alpha) else float(alpha_arr[0])
             return _make(owner, num_clients, "dirichlet", num_clients=num_clients,
                          alpha=alpha_out, seed=seed, min_size=min_size)
     raise ValueError(
@@ -165,40 +205,67 @@ def dirichlet(y, num_clients: int, alpha, seed: int = 0, min_size: int = 1) -> P
         "use a larger alpha, fewer clients or a smaller min_size")
 
 
-def pathological(y, num_clients: int, classes_per_client: int, seed: int = 0) -> Partition:
-    """Each client holds exactly ``classes_per_client`` (k) classes: NIID-Bench's "#C=k", the
-    pathological non-IID of McMahan et al. 2017.
+def pathological(y, num_clients: int, classes_per_client: int, seed: int = 0,
+                 scheme: str = "balanced") -> Partition:
+    """Each client holds exactly ``classes_per_client`` (k) of the C labels present: the
+    pathological non-IID of McMahan et al. 2017, in one of two ``scheme``s.
 
-    Clients pick in turn: client i takes the k classes (of the C present) held by the fewest
-    clients so far, ties broken at random. So every class is held by floor or ceil of N*k/C
-    clients, the first ceil(C/k) clients already cover all classes, and class combinations vary
-    (a fixed round-robin would repeat the same disjoint groups). Each class's shuffled samples are
-    split evenly (sizes differ by <= 1) among its holders. Needs k <= C and N*k >= C.
+    - ``"balanced"``: clients pick in turn; client i takes the k classes held by the fewest
+      clients so far, ties broken at random. So every class is held by floor or ceil of N*k/C
+      clients, the first ceil(C/k) clients already cover all classes, and class combinations vary
+      (a fixed round-robin would repeat the same disjoint groups). Needs N*k >= C.
+    - ``"niid_bench"``: the "#C=k" label-quantity skew of NIID-Bench (Li, Diao, Chen, He 2022,
+      "Federated Learning on Non-IID Data Silos: An Experimental Study", ICDE): client i's first
+      label is label i mod C (the (i mod C)-th smallest present), then k-1 further distinct labels
+      are drawn uniformly at random without replacement among the other C-1 (client i's own
+      stream). How many clients hold a label is left to chance. A label no client holds (possible
+      when N < C) is left out: its samples reach no client, so the partition covers fewer than n
+      samples. NIID-Bench's code (``partition_data``, ``noniid-#label{k}``) assigns the same way;
+      it is only run with N >= C, where every label is some client's first one (with an unheld
+      label its ``np.array_split(idx, 0)`` fails).
 
-    Li et al. 2022 (NIID-Bench, ICDE); McMahan et al. 2017, AISTATS.
+    In both, each class's shuffled samples are split into equal parts (sizes differ by <= 1) among
+    the clients that hold it. Needs k <= C; a client left with no sample is an error.
+
+    Li et al. 2022 (NIID-Bench, ICDE); McMahan et al. 2017, "Communication-Efficient Learning of
+    Deep Networks from Decentralized Data", AISTATS.
     """
-    y, num_clients, rng = _setup(y, num_clients, seed)
-    classes = np.unique(y)
+    scheme = chk.option("scheme", scheme, PATHOLOGICAL_SCHEMES)
+    y, num_clients, seed = _setup(y, num_clients, seed)
+    classes, by_class = _classes(y)
     C = len(classes)
     k = chk.integer("classes_per_client", classes_per_client, low=1)
     if k > C:
         chk.fail("classes_per_client", f"at most the number of classes present ({C})", k)
-    if num_clients * k < C:
-        chk.fail("classes_per_client", f"at least ceil(C / num_clients) = {-(-C // num_clients)} "
-                 f"so every one of the {C} classes reaches a client", k)
-    load = np.zeros(C, dtype=np.int64)
-    held = np.empty((num_clients, k), dtype=np.int64)
-    for i in range(num_clients):
-        pick = np.lexsort((rng.random(C), load))[:k]
-        held[i] = classes[pick]
-        load[pick] += 1
-    owner = np.empty(len(y), dtype=np.int64)
-    for c in classes:
-        holders = rng.permutation(np.flatnonzero((held == c).any(axis=1)))
-        idx = rng.permutation(np.flatnonzero(y == c))
-        owner[idx] = np.repeat(holders, [len(s) for s in np.array_split(idx, len(holders))])
+    held = np.empty((num_clients, k), dtype=np.int64)  # class positions 0..C-1
+    owner = np.full(len(y), -1, dtype=np.int64)
+    if scheme == "balanced":
+        if num_clients * k < C:
+            chk.fail("classes_per_client", f"at least ceil(C / num_clients) = {-(-C // num_clients)} "
+                     f"so every one of the {C} classes reaches a client", k)
+        rng = _rng(seed, _PATHOLOGICAL)
+        load = np.zeros(C, dtype=np.int64)
+        for i in range(num_clients):
+            pick = np.lexsort((rng.random(C), load))[:k]
+            held[i] = pick
+            load[pick] += 1
+        for c in range(C):
+            holders = rng.permutation(np.flatnonzero((held == c).any(axis=1)))
+            idx = rng.permutation(by_class[c])
+            owner[idx] = np.repeat(holders, _even(len(idx), len(holders)))
+    else:
+        everyone = np.arange(C)
+        for i in range(num_clients):
+            first = i % C
+            others = _rng(seed, _NIID_BENCH, 0, i).choice(np.delete(everyone, first), k - 1, replace=False)
+            held[i] = np.concatenate(([first], others))
+        for c in range(C):
+            holders = np.flatnonzero((held == c).any(axis=1))  # client order, as NIID-Bench deals them
+            if len(holders):
+                idx = _rng(seed, _NIID_BENCH, 1, classes[c]).permutation(by_class[c])
+                owner[idx] = np.repeat(holders, _even(len(idx), len(holders)))
     part = _make(owner, num_clients, "pathological", num_clients=num_clients,
-                 classes_per_client=k, seed=seed)
+                 classes_per_client=k, seed=seed, scheme=scheme)
     if part.sizes.min() == 0:
         chk.fail("num_clients", "small enough that every client receives a sample "
                  f"(client {int(part.sizes.argmin())} got none: its classes have too few samples)",
@@ -210,11 +277,12 @@ def shards(y, num_clients: int, shards_per_client: int, seed: int = 0) -> Partit
     """McMahan et al. 2017 (FedAvg, AISTATS), Sec. 3: sort the samples by label (ties in random
     order), cut them into num_clients * shards_per_client contiguous shards of near-equal size, and
     give each client ``shards_per_client`` shards drawn at random without replacement."""
-    y, num_clients, rng = _setup(y, num_clients, seed)
+    y, num_clients, seed = _setup(y, num_clients, seed)
     s = chk.integer("shards_per_client", shards_per_client, low=1)
     if num_clients * s > len(y):
         chk.fail("shards_per_client", f"at most n // num_clients = {len(y) // num_clients} "
                  "(every shard needs a sample)", s)
+    rng = _rng(seed, _SHARDS)
     shuffled = rng.permutation(len(y))
     by_label = shuffled[np.argsort(y[shuffled], kind="stable")]
     pieces = np.array_split(by_label, num_clients * s)
@@ -234,8 +302,9 @@ def quantity_skew(y, num_clients: int, sigma: float, seed: int = 0) -> Partition
     The log-normal "unbalanced" split of FedDyn (Acar et al. 2021, ICLR, ``unbalanced_sgm``);
     NIID-Bench (Li et al. 2022) studies the same skew with Dirichlet sizes.
     """
-    y, num_clients, rng = _setup(y, num_clients, seed, labels=False)
+    y, num_clients, seed = _setup(y, num_clients, seed, labels=False)
     sigma = chk.real("sigma", sigma, low=0)
+    rng = _rng(seed, _QUANTITY)
     w = rng.lognormal(0.0, sigma, size=num_clients)
     sizes = 1 + _split_counts(len(y) - num_clients, w)
     cuts = np.cumsum(sizes)[:-1]
@@ -254,10 +323,12 @@ def inner_dirichlet(y, num_clients: int, alpha: float, seed: int = 0) -> Partiti
     if q_i puts no mass on them). Each pass empties at least one class, so at most C + 1 passes.
     Small ``alpha``: each client concentrates on few classes; large ``alpha``: near IID.
     """
-    y, num_clients, rng = _setup(y, num_clients, seed)
+    y, num_clients, seed = _setup(y, num_clients, seed)
     alpha = chk.real("alpha", alpha, low=0, low_open=True)
-    classes, left = np.unique(y, return_counts=True)
+    classes, by_class = _classes(y)
+    left = np.array([len(idx) for idx in by_class], dtype=np.int64)
     prior = left / left.sum()
+    rng = _rng(seed, _INNER)
     mix = rng.dirichlet(alpha * prior, size=num_clients)
     need = _split_counts(len(y), np.ones(num_clients))
     got = np.zeros((num_clients, len(classes)), dtype=np.int64)
@@ -273,8 +344,8 @@ def inner_dirichlet(y, num_clients: int, alpha: float, seed: int = 0) -> Partiti
         need -= ask.sum(1)
         left -= ask.sum(0)
     owner = np.empty(len(y), dtype=np.int64)
-    for c, label in enumerate(classes):
-        owner[rng.permutation(np.flatnonzero(y == label))] = np.repeat(np.arange(num_clients), got[:, c])
+    for c, idx in enumerate(by_class):
+        owner[rng.permutation(idx)] = np.repeat(np.arange(num_clients), got[:, c])
     return _make(owner, num_clients, "inner_dirichlet", num_clients=num_clients, alpha=alpha, seed=seed)
 
 
@@ -296,8 +367,8 @@ def natural(groups) -> Partition:
     return _make(owner.ravel().astype(np.int64), len(ids), "natural", client_ids=ids.tolist())
 
 
-def _count_matrix(part, y) -> np.ndarray:
-    """(clients, C) label counts, C = max label + 1."""
+def _count_matrix(part, y) -> tuple[np.ndarray, np.ndarray]:
+    """``(counts, classes)``: (clients, C) label counts over the C distinct labels of ``y`` (sorted)."""
     y = chk.labels("y", y)
     if len(y) == 0:
         chk.fail("y", "non-empty", "an empty array")
@@ -308,18 +379,21 @@ def _count_matrix(part, y) -> np.ndarray:
     if flat.size and (flat.min() < 0 or flat.max() >= len(y)):
         chk.fail("part", f"indices in [0, {len(y) - 1}] (positions in y)",
                  f"indices in [{flat.min()}, {flat.max()}]")
-    C = int(y.max()) + 1
+    classes, inv = np.unique(y, return_inverse=True)
+    C = len(classes)
     client = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
-    return np.bincount(client * C + y[flat], minlength=len(parts) * C).reshape(len(parts), C)
+    counts = np.bincount(client * C + inv.ravel()[flat], minlength=len(parts) * C).reshape(len(parts), C)
+    return counts, classes
 
 
 def label_counts(part, y) -> pd.DataFrame:
     """Tidy table with columns ``client, label, count`` (int64): one row per client and label
-    0..C-1, zeros included. ``part`` is a Partition or any sequence of index arrays."""
-    counts = _count_matrix(part, y)
+    present in ``y`` (its original values, sorted), zeros included. ``part`` is a Partition or any
+    sequence of index arrays."""
+    counts, classes = _count_matrix(part, y)
     N, C = counts.shape
     return pd.DataFrame({"client": np.repeat(np.arange(N, dtype=np.int64), C),
-                         "label": np.tile(np.arange(C, dtype=np.int64), N),
+                         "label": np.tile(classes.astype(np.int64), N),
                          "count": counts.ravel().astype(np.int64)})
 
 
@@ -332,8 +406,9 @@ def _entropy(p: np.ndarray, log=np.log) -> np.ndarray:
 def heterogeneity(part, y) -> dict:
     """Scalar heterogeneity of a partition.
 
-    With n_ik the count of label k at client i, n_i = sum_k n_ik, p_i = n_i. / n_i and the pooled
-    p = sum_i n_i. / sum_i n_i, averaged without weights over the non-empty clients:
+    With n_ik the count of label k (over the labels present in ``y``) at client i, n_i = sum_k n_ik,
+    p_i = n_i. / n_i and the pooled p = sum_i n_i. / sum_i n_i, averaged without weights over the
+    non-empty clients:
 
     - ``js_divergence``: JS(p_i, p) = H(m) - (H(p_i) + H(p)) / 2, m = (p_i + p) / 2, entropies in
       bits, so in [0, 1] (the divergence; scipy's ``jensenshannon`` returns its square root).
@@ -348,7 +423,7 @@ def heterogeneity(part, y) -> dict:
     Extras: ``effective_clients`` (mean over classes of exp(H) of the class's spread over
     clients: 1 = every class on one client, N = spread evenly), ``empty_clients``, ``num_clients``.
     """
-    counts = _count_matrix(part, y).astype(float)
+    counts = _count_matrix(part, y)[0].astype(float)
     sizes = counts.sum(axis=1)
     if sizes.sum() == 0:
         chk.fail("part", "a partition holding at least one sample", "only empty clients")

@@ -100,3 +100,94 @@ def test_rotate_by_90_degrees_is_exact_turn():
 def test_bad_input(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+# ---------------------------------------------------------------- federation validation
+
+def _long(*values):
+    return torch.tensor(values, dtype=torch.long)
+
+
+def test_from_clients_refuses_mixed_example_shapes():
+    with pytest.raises(ValueError, match=r"clients\[1\] X.*\(4,\).*clients\[0\].*\(5,\)"):
+        flu.data.Federation.from_clients([(torch.zeros(3, 4), _long(0, 1, 0)), (torch.zeros(2, 5), _long(1, 0))])
+    with pytest.raises(ValueError, match=r"test\[0\] X.*\(4,\).*\(1, 2, 2\)"):
+        flu.data.Federation.from_clients([(torch.zeros(3, 4), _long(0, 1, 0))],
+                                         test=[(torch.zeros(2, 1, 2, 2), _long(1, 0))])
+    with pytest.raises(ValueError, match=r"train\[1\] X"):  # the constructor checks too
+        flu.data.Federation(((torch.zeros(3, 4), _long(0, 1, 0)), (torch.zeros(2, 5), _long(1, 0))),
+                            ((torch.zeros(0, 4), _long()), (torch.zeros(0, 5), _long())))
+    ok = flu.data.Federation.from_clients([(torch.zeros(3, 4), _long(0, 1, 0)), (torch.zeros(2, 4), _long(1, 0))],
+                                          test=[(torch.zeros(0, 4), _long()), (torch.zeros(1, 4), _long(2))])
+    assert ok.num_clients == 2
+
+
+def test_integer_column_labels_are_refused_with_a_hint():
+    X, y = torch.zeros(4, 2), _long(0, 1, 1, 0).reshape(-1, 1)
+    with pytest.raises(ValueError, match=r"clients\[0\] y.*\(4, 1\).*y\.reshape\(-1\)"):
+        flu.data.Federation.from_clients([(X, y)])
+    with pytest.raises(ValueError, match=r"y.*\(4, 1\).*y\.reshape\(-1\)"):
+        flu.data.federate(X, y, [[0, 1], [2, 3]])
+    # float targets of shape (n, 1) are regression and stay allowed
+    reg = flu.data.Federation.from_clients([(X, torch.zeros(4, 1))])
+    assert reg.train[0][1].shape == (4, 1)
+
+
+def test_negative_labels_are_refused():
+    with pytest.raises(ValueError, match=r"clients\[1\] y must be non-negative class labels, got -2"):
+        flu.data.Federation.from_clients([(torch.zeros(2, 2), _long(0, 1)), (torch.zeros(2, 2), _long(-2, 1))])
+    with pytest.raises(ValueError, match="y must be non-negative"):
+        flu.data.federate(torch.zeros(3, 2), _long(0, -1, 1), [[0, 1, 2]])
+
+
+def test_x_and_y_of_different_lengths_are_refused():
+    with pytest.raises(ValueError, match=r"clients\[0\] y.*3 examples.*2 entries"):
+        flu.data.Federation.from_clients([(torch.zeros(3, 2), _long(0, 1))])
+    with pytest.raises(ValueError, match=r"test\[0\] y"):
+        flu.data.Federation.from_clients([(torch.zeros(2, 2), _long(0, 1))], test=[(torch.zeros(3, 2), _long(0))])
+    with pytest.raises(ValueError, match="y must be as long as X"):
+        flu.data.federate(torch.zeros(3, 2), _long(0, 1), [[0, 1]])
+    with pytest.raises(ValueError, match="test"):
+        flu.data.Federation.from_clients([(torch.zeros(2, 2), _long(0, 1))] * 2, test=[(torch.zeros(2, 2), _long(0, 1))])
+    with pytest.raises(TypeError, match=r"clients\[0\]"):
+        flu.data.Federation.from_clients([torch.zeros(3, 2)])  # not a pair
+
+
+# ---------------------------------------------------------------- seeds and streams
+
+@pytest.mark.parametrize("bad", [True, 1.5, -1, 2**63])
+def test_bad_seeds_are_refused(bad):
+    fed = flu.data.Federation.from_clients([(torch.zeros(4, 2), _long(0, 1, 0, 1))])
+    for call in (lambda: flu.data.federate(torch.zeros(4, 2), _long(0, 1, 0, 1), [[0, 1, 2, 3]], seed=bad),
+                 lambda: flu.data.add_noise(fed, 1.0, seed=bad),
+                 lambda: flu.data.synthetic(num_clients=2, seed=bad)):
+        with pytest.raises((TypeError, ValueError), match="seed"):
+            call()
+
+
+def test_federate_cut_is_per_client():
+    X, y = torch.arange(60, dtype=torch.float32).unsqueeze(1), torch.arange(60) % 3
+    two = flu.data.federate(X, y, [range(0, 20), range(20, 40)], test_fraction=0.3, seed=9)
+    three = flu.data.federate(X, y, [range(0, 20), range(20, 40), range(40, 60)], test_fraction=0.3, seed=9)
+    for a, b in zip(two.test, three.test):  # another client leaves the first two cuts unchanged
+        assert torch.equal(a[0], b[0])
+    other = flu.data.federate(X, y, [range(0, 20), range(20, 40)], test_fraction=0.3, seed=10)
+    assert any(not torch.equal(a[0], b[0]) for a, b in zip(two.test, other.test))
+
+
+def test_add_noise_draws_train_and_test_independently():
+    X, y = torch.zeros(30, 3), torch.zeros(30, dtype=torch.long)
+    fed = flu.data.Federation.from_clients([(X, y), (X, y)], test=[(X, y), (X, y)])
+    noisy = flu.data.add_noise(fed, 1.0, seed=4)
+    assert not torch.equal(noisy.train[1][0], noisy.test[1][0])  # same length, other draw
+    again = flu.data.add_noise(fed, 1.0, seed=4)
+    assert torch.equal(noisy.train[1][0], again.train[1][0]) and torch.equal(noisy.test[1][0], again.test[1][0])
+    assert noisy.splits == fed.splits and noisy.num_clients == 2
+
+
+def test_synthetic_devices_do_not_depend_on_the_device_count():
+    small = flu.data.synthetic(num_clients=3, dim=5, seed=2)
+    large = flu.data.synthetic(num_clients=5, dim=5, seed=2)
+    n = len(small.y)
+    assert torch.equal(small.X, large.X[:n]) and torch.equal(small.y, large.y[:n])
+    assert np.array_equal(small.groups, large.groups[:n])

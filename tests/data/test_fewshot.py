@@ -85,3 +85,50 @@ def test_prototypes_equal_pooled_class_means(digits_fed):
     assert torch.equal(head(X).argmax(1), d.argmin(1))
     held = sum(len(torch.unique(y_i)) for _, y_i in digits_fed.train)
     assert info["bytes_up"] == held * (64 * 4 + 8)
+
+
+# ---------------------------------------------------------------- seeds and streams
+
+@pytest.mark.parametrize("bad", [True, 2.0, -1, 2**63])
+def test_bad_seeds_are_refused(digits_fed, bad):
+    ds = flu.data.load_dataset("digits")
+    for call in (lambda: flu.fewshot.k_shot(digits_fed, shots=2, seed=bad),
+                 lambda: flu.fewshot.episode(ds.X, ds.y, n_way=3, shots=1, seed=bad),
+                 lambda: flu.fewshot.split_clients(digits_fed, 2, seed=bad),
+                 lambda: flu.fewshot.base_novel_split(range(10), 3, seed=bad)):
+        with pytest.raises((TypeError, ValueError), match="seed"):
+            call()
+
+
+def test_base_novel_split_seeded():
+    base, novel = flu.fewshot.base_novel_split(range(20), 5, seed=3)
+    assert len(novel) == 5 and sorted(set(base) | set(novel)) == list(range(20)) and not set(base) & set(novel)
+    again = flu.fewshot.base_novel_split(range(20), 5, seed=3)
+    assert np.array_equal(novel, again[1])
+    assert len({tuple(flu.fewshot.base_novel_split(range(20), 5, seed=s)[1]) for s in range(6)}) > 1
+    # seed=None draws nothing: the largest ids are novel
+    assert list(flu.fewshot.base_novel_split([5, 1, 9, 3], 2)[1]) == [5, 9]
+
+
+def test_k_shot_draws_per_client_and_class():
+    ds = flu.data.load_dataset("digits")
+    fed = flu.data.federate(ds.X, ds.y, flu.partition.iid(ds.y, 4, seed=0), seed=0)
+    whole = flu.fewshot.k_shot(fed, shots=3, seed=7).federation
+    some = flu.fewshot.k_shot(fed, shots=3, seed=7, classes=[2, 5]).federation
+    for (Xw, yw), (Xs, ys) in zip(whole.train, some.train):  # dropping classes leaves the others' draws
+        for c in (2, 5):
+            assert torch.equal(Xw[yw == c], Xs[ys == c])
+
+
+def test_episode_with_sparse_labels():
+    y = torch.tensor([0, 7, 100000] * 10)
+    X = torch.arange(30, dtype=torch.float32).unsqueeze(1)
+    Xs, ys, Xq, yq, classes = flu.fewshot.episode(X, y, n_way=2, shots=2, query=3, seed=1)
+    assert set(classes.tolist()) <= {0, 7, 100000} and len(classes) == 2
+    for new, c in enumerate(classes):
+        assert (y[Xs[ys == new].long().ravel()] == c).all() and (y[Xq[yq == new].long().ravel()] == c).all()
+
+
+def test_prototype_classifier_checks_num_classes(digits_fed):
+    with pytest.raises(ValueError, match="num_classes"):
+        flu.fewshot.prototype_classifier(torch.nn.Identity(), digits_fed, num_classes=5)
