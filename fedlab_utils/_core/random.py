@@ -17,7 +17,8 @@ SEED_BOUND = 1 << 63
 
 # purposes: the last key of a stream, so that two uses of one (round, client) never collide
 SAMPLE, BATCH, LORA, PARTITION, SPLIT, FEWSHOT, INIT, DROPOUT = range(1, 9)
-DATA = 9  # generated data and feature noise (flu.data.synthetic, flu.data.add_noise)
+DATA = 9    # generated data and feature noise (flu.data.synthetic, flu.data.add_noise)
+PROBE = 10  # random starting vectors of analysis probes (power iteration)
 
 
 def seed_value(name: str, seed) -> int:

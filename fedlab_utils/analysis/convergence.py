@@ -27,6 +27,7 @@ from torch.func import functional_call
 
 from .._core import checks as chk
 from .._core.losses import sample_losses
+from .._core.random import PROBE, seed_value, stream
 from ..engine.diagnostics import _flat, round_diagnostics  # noqa: F401  (flu.convergence.round_diagnostics)
 
 _NEWTON_TOL, _NEWTON_MAX = 1e-10, 100
@@ -188,7 +189,7 @@ def hessian_top_eigenvalue(model, params, X, y, loss="cross_entropy", l2=0.0, it
     val = _sample_losses(functional_call(model, leaves, (X.to(leaves[names[0]].dtype),)), y, loss).mean()
     val = val + l2 / 2 * sum((leaves[k] ** 2).sum() for k in _penalised(names, params))
     g = torch.autograd.grad(val, [leaves[k] for k in names], create_graph=True)
-    gen = torch.Generator().manual_seed(chk.integer("seed", seed, low=0))
+    gen = stream(seed_value("seed", seed), PROBE)
     v = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in g]
     lam = 0.0
     for _ in range(iters):

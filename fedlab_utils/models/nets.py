@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .._core import checks as chk
+from .._core.random import INIT, seed_value, stream
 
 
 class FedModel(nn.Module):
@@ -134,8 +135,7 @@ def _quiet(build):
 
 def _init(model: nn.Module, dtype: torch.dtype, seed: int, zero: bool = False) -> nn.Module:
     """Seeded re-initialisation (PyTorch's default scheme) without touching the global RNG."""
-    chk.integer("seed", seed, low=0)
-    gen = torch.Generator().manual_seed(seed)
+    gen = stream(seed_value("seed", seed), INIT)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)):
