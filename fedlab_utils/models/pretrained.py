@@ -15,8 +15,14 @@ texts of a seeded subset of whole movies (at most 2,000 snippets); movies are na
 (``Dataset.groups``). The full corpus (12,808 snippets, 508 movies) is embedded on demand into
 ``data/cache/`` (about a minute on 2 cores).
 
+The draws below that make the committed artefacts (the MNIST train/test split, pretraining, the
+FAST snippet subset) keep their own ``np.random.default_rng(seed)`` / ``torch.Generator`` recipe on
+purpose: it is the recipe behind the committed files and their checksums (data/README.md), which a
+change of random scheme would silently invalidate. Everything that runs in a notebook or a
+federated run draws from ``flu._core.random`` instead.
+
 Regenerate everything with ``python scripts/make_artefacts.py`` (or
-``python -m fedlab_utils.pretrained --regenerate``); ``data/README.md`` gives sources, licences
+``python -m fedlab_utils.models.pretrained --regenerate``); ``data/README.md`` gives sources, licences
 and checksums. Nothing here downloads anything.
 """
 from __future__ import annotations
@@ -510,7 +516,7 @@ def regenerate(what=("cnn", "text"), *, full: bool = False, out_dir=None, verbos
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m fedlab_utils.pretrained",
+    parser = argparse.ArgumentParser(prog="python -m fedlab_utils.models.pretrained",
                                      description="Regenerate the committed artefacts in data/ (weights, embeddings).")
     parser.add_argument("--regenerate", action="store_true", help="rebuild the artefacts (the default action)")
     parser.add_argument("--only", choices=["cnn", "text"], help="rebuild only the backbones or only the embeddings")
