@@ -166,6 +166,8 @@ def configure(model, federation, *, algorithm, num_rounds, local_steps, client_l
     if checkpoint is not None and checkpoint.exists() and (resume is None or resume.resolve() != checkpoint.resolve()):
         chk.fail("checkpoint", "a new file, or the file given as resume= (a run never overwrites another's "
                  "checkpoint: pass resume= to continue it, or delete it)", str(checkpoint))
+    if checkpoint is not None and (checkpoint.is_dir() or not checkpoint.absolute().parent.is_dir()):
+        chk.fail("checkpoint", "a file path in an existing directory", str(checkpoint))
     if resume is not None and not resume.exists():
         chk.fail("resume", "an existing checkpoint file", str(resume))
     if diagnostics and mode == "lora":

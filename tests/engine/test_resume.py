@@ -125,3 +125,9 @@ def test_checkpoint_never_overwrites_another_file(tmp_path):
     with pytest.raises(ValueError, match="checkpoint"):
         flu.run(model(), fed, num_rounds=2, checkpoint=path, **ARGS)
     assert path.read_bytes() == b"someone's work"
+
+
+@pytest.mark.parametrize("where", ["missing_dir/run.pt", "."])
+def test_checkpoint_path_is_checked_before_round_0(tmp_path, where):
+    with pytest.raises(ValueError, match="checkpoint"):
+        flu.run(model(), federation(), num_rounds=2, checkpoint=tmp_path / where, **ARGS)
