@@ -50,7 +50,7 @@ import pandas as pd
 import torch
 
 import fedlab_utils as flu
-from fedlab_utils.views.widgets import fewshot as fw
+from fedlab_utils.lessons import fewshot as fw
 
 MODES = ("linear_probe", "last_layers", "bitfit", "lora", "ffa_lora", "full")
 OPTIONS = {"lora": {"lora_rank": 4}, "ffa_lora": {"lora_rank": 4}, "last_layers": {"num_layers": 2}}

@@ -1,7 +1,8 @@
-"""Data: datasets, partitions, few-shot sets and the federation they make (imports only ``_core``)."""
-from . import fewshot, partition
+"""Data: datasets, partitions, few-shot sets, synthetic quadratic clients and the federation they
+make (imports only ``_core``)."""
+from . import fewshot, partition, quadratics
 from .datasets import (DATASETS, SPLITS, Dataset, Federation, add_noise, federate, load_dataset, rotate,
                        standardize, synthetic)
 
 __all__ = ["DATASETS", "SPLITS", "Dataset", "Federation", "add_noise", "federate", "fewshot", "load_dataset",
-           "partition", "rotate", "standardize", "synthetic"]
+           "partition", "quadratics", "rotate", "standardize", "synthetic"]

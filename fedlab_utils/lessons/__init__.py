@@ -1,11 +1,11 @@
 """The compute behind one notebook each: returns DataFrames, draws nothing.
 
-``explore`` (01), ``drift`` (02, 03), ``practice`` (04), ``study`` and ``lora_demo`` (05).
+``explore`` (01), ``drift`` (02, 03), ``practice`` (04), ``study``, ``fewshot`` and ``lora_demo`` (05).
 Loaded on first use.
 """
 import importlib as _importlib
 
-__all__ = ["drift", "explore", "lora_demo", "practice", "study"]
+__all__ = ["drift", "explore", "fewshot", "lora_demo", "practice", "study"]
 
 
 def __getattr__(name):

@@ -31,57 +31,39 @@ def mse(X, y, W):
 
 
 def run(q, method, rounds, lr=0.1, steps=STEPS, **kw):
-    hist = flu.run(q.model(), q.federation(), method, num_rounds=rounds, local_steps=steps, client_lr=lr,
-                   batch_size=None, loss="mse", record_params=True, eval_every=rounds, progress=False, **kw)
+    hist = flu.run(drift.quadratic_model(q), q.federation(), method, num_rounds=rounds, local_steps=steps,
+                   client_lr=lr, batch_size=None, loss="mse", record_params=True, eval_every=rounds, progress=False,
+                   **kw)
     return np.array([t["head.weight"].numpy().ravel() for t in hist.trajectory]), hist
 
 
 # ------------------------------------------------------------------ quadratic clients
 
-def test_data_realise_the_quadratics_exactly(q):
-    pts = np.random.default_rng(0).normal(size=(7, 2))
-    assert q.num_clients == 3 and q.dim == 2 and q.sizes.tolist() == [3, 5, 4]
-    np.testing.assert_allclose(q.p, [3 / 12, 5 / 12, 4 / 12])
-    vals = q.client_values(pts)
-    assert vals.shape == (3, 7)
-    for i, (X, y) in enumerate(zip(q.X, q.y)):
-        np.testing.assert_allclose(X.T @ X / len(X), q.A[i], atol=1e-14)
-        np.testing.assert_allclose(y, X @ q.centers[i], atol=1e-14)
-        np.testing.assert_allclose(vals[i], mse(X, y, pts), rtol=1e-12, atol=1e-14)
-        hand = np.einsum("gj,jk,gk->g", pts - q.centers[i], q.A[i], pts - q.centers[i])
-        np.testing.assert_allclose(vals[i], hand, rtol=1e-12)
-    np.testing.assert_allclose(q.values(pts), q.p @ vals)
+def test_quadratic_clients_are_re_exported_from_data():
+    for name in ("Quadratics", "quadratic_clients", "heterogeneous_quadratics", "rotation"):
+        assert getattr(drift, name) is getattr(flu.data.quadratics, name)
+
+
+def test_quadratic_model_trains_on_the_quadratic(q):
+    model = drift.quadratic_model(q)
+    assert [n for n, _ in model.named_parameters()] == ["head.weight"]
+    assert model.head.weight.dtype == torch.float64 and not model.head.weight.any()
+    w = np.array([0.3, -1.2])
+    params = {"head.weight": torch.tensor(w).reshape(1, 2)}
+    by_hand = sum(p * mse(X, y, w)[0] for p, X, y in zip(q.p, q.X, q.y))
+    assert cv.objective(model, params, q.federation(), "mse") == pytest.approx(by_hand, rel=1e-12)
+    with pytest.raises(TypeError, match="q must be"):
+        drift.quadratic_model(q.federation())
 
 
 def test_optimum_matches_the_package_solver(q):
-    w, F = cv.optimum(q.model(), q.federation(), "mse")
+    w, F = cv.optimum(drift.quadratic_model(q), q.federation(), "mse")
     np.testing.assert_allclose(w["head.weight"].numpy().ravel(), q.w_star, atol=1e-12)
     assert F == pytest.approx(float(q.values(q.w_star)[0]), rel=1e-12)
     # surrogate weights: the minimiser of sum_i w_i F_i
     wt = cv.surrogate_weights(q.p, STEPS)
-    sur, _ = cv.surrogate_optimum(q.model(), q.federation(), "mse", 0.0, STEPS)
+    sur, _ = cv.surrogate_optimum(drift.quadratic_model(q), q.federation(), "mse", 0.0, STEPS)
     np.testing.assert_allclose(q.minimiser(wt), sur["head.weight"].numpy().ravel(), atol=1e-12)
-
-
-def test_preset_geometry():
-    q = drift.heterogeneous_quadratics(4, 2.5, condition=9.0, curvature=2.0, curvature_ratio=4.0)
-    np.testing.assert_allclose(np.linalg.norm(q.centers, axis=1), 2.5)
-    eig = np.linalg.eigvalsh(q.A)
-    np.testing.assert_allclose(eig[:, 1] / eig[:, 0], 9.0)
-    np.testing.assert_allclose(eig[[0, -1], 1], [2.0, 0.5])
-    q0 = drift.heterogeneous_quadratics(3, 0.0)
-    np.testing.assert_allclose(q0.w_star, 0.0, atol=1e-15)
-
-
-def test_bad_quadratics_are_named():
-    with pytest.raises(ValueError, match="A must be positive definite"):
-        drift.quadratic_clients([[[1.0, 0.0], [0.0, -1.0]]], [[0.0, 0.0]])
-    with pytest.raises(ValueError, match="centers"):
-        drift.quadratic_clients(np.eye(2)[None], [[0.0, 0.0, 0.0]])
-    with pytest.raises(ValueError, match="sizes"):
-        drift.quadratic_clients(np.eye(2)[None], [[0.0, 0.0]], sizes=[1])
-    with pytest.raises(ValueError, match="spread"):
-        drift.heterogeneous_quadratics(3, -1.0)
 
 
 def test_objective_grid_equals_the_objective_by_hand(q):
@@ -89,7 +71,7 @@ def test_objective_grid_equals_the_objective_by_hand(q):
     grid = drift.objective_grid(q, xlim, ylim, num=11)
     assert list(grid.columns) == ["w1", "w2", "value"] and len(grid) == 121
     assert grid["w1"].min() == pytest.approx(xlim[0]) and grid["w2"].max() == pytest.approx(ylim[1])
-    model, fed = q.model(), q.federation()
+    model, fed = drift.quadratic_model(q), q.federation()
     for k in (0, 17, 60, 120):
         w = grid.iloc[k][["w1", "w2"]].to_numpy(dtype=float)
         by_hand = sum(p * mse(X, y, w)[0] for p, X, y in zip(q.p, q.X, q.y))
@@ -182,8 +164,8 @@ def test_trajectory_tables_and_rates(q):
     ratios = theory["value"].to_numpy()[1:] / theory["value"].to_numpy()[:-1]
     np.testing.assert_allclose(ratios, fixed["radius"].iloc[0])
     with pytest.raises(ValueError, match="record_params"):
-        drift.trajectory_table({"x": flu.run(q.model(), q.federation(), num_rounds=1, batch_size=None, loss="mse",
-                                             progress=False)})
+        drift.trajectory_table({"x": flu.run(drift.quadratic_model(q), q.federation(), num_rounds=1, batch_size=None,
+                                             loss="mse", progress=False)})
 
 
 def test_compare_methods_runs_all_four(q):

@@ -1,6 +1,7 @@
 """Notebook 05's helpers: LoRA factor averaging (``flu.lessons.lora_demo``), the few-shot plots
-(``flu.plots.fewshot``), the compute and the panel of ``flu.widgets.fewshot``, and the study fixes
-(MiniLM body through ``flu.run``; pooled local-only accuracy).
+(``flu.plots.fewshot``), the compute of ``flu.lessons.fewshot`` (its panel is tested in
+tests/views/test_widgets.py), and the study fixes (MiniLM body through ``flu.run``; pooled
+local-only accuracy).
 
 Small problems throughout (digits 8x8, an MLP, a few clients), so the file runs in seconds.
 """
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 import fedlab_utils as flu
-from fedlab_utils.views.widgets import fewshot as fw
+from fedlab_utils.lessons import fewshot as lf
 from fedlab_utils.lessons import lora_demo
 from fedlab_utils.views.plots import fewshot as pf
 
@@ -35,7 +36,7 @@ def digits():
 
 @pytest.fixture(scope="module")
 def few(digits):
-    return fw.few_shot_federation(digits.X, digits.y, shots=5, alpha=0.5, num_clients=5, seed=0,
+    return lf.few_shot_federation(digits.X, digits.y, shots=5, alpha=0.5, num_clients=5, seed=0,
                                   shape=digits.shape)
 
 
@@ -90,24 +91,24 @@ def test_client_factors_checks_and_reports_divergence(mlp, few):
 # ----------------------------------------------------------------------------- compute
 
 def test_few_shot_federation_matches_the_spelled_out_calls(digits):
-    a = fw.few_shot_federation(digits.X, digits.y, shots=3, alpha=0.3, num_clients=4, seed=1, partition_seed=2)
+    a = lf.few_shot_federation(digits.X, digits.y, shots=3, alpha=0.3, num_clients=4, seed=1, partition_seed=2)
     part = flu.partition.dirichlet(digits.y, 4, 0.3, seed=2)
     b = flu.fewshot.k_shot(flu.data.federate(digits.X, digits.y, part, seed=2), 3, seed=1)
     for (xa, ya), (xb, yb) in zip(a.federation.train + a.federation.test, b.federation.train + b.federation.test):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     # indices depend on labels and seeds only: row numbers pick the same examples
-    rows = fw.few_shot_federation(torch.arange(len(digits.y)).unsqueeze(1), digits.y, shots=3, alpha=0.3,
+    rows = lf.few_shot_federation(torch.arange(len(digits.y)).unsqueeze(1), digits.y, shots=3, alpha=0.3,
                                   num_clients=4, seed=1, partition_seed=2)
     for (r, _), (x, _) in zip(rows.federation.train, a.federation.train):
         assert torch.equal(digits.X[r.ravel()], x)
 
 
 def test_support_gallery_and_trainable_table(few, mlp):
-    gallery = fw.support_gallery(few.federation, clients=[0, 2], per_split=3, shape=(1, 8, 8))
+    gallery = lf.support_gallery(few.federation, clients=[0, 2], per_split=3, shape=(1, 8, 8))
     assert list(gallery.columns) == ["client", "split", "slot", "label", "image"]
     assert set(gallery.split) == {"support", "query"} and set(gallery.client) == {0, 2}
     assert gallery.image.iloc[0].shape == (8, 8)
-    table = fw.trainable_table(mlp, lora_rank=2)
+    table = lf.trainable_table(mlp, lora_rank=2)
     totals = table.groupby("mode")["trainable"].sum()
     for mode in flu.finetune.MODES:
         opts = {"lora_rank": 2} if "lora" in mode else {}
@@ -117,51 +118,69 @@ def test_support_gallery_and_trainable_table(few, mlp):
 
 def test_frozen_prefix_and_top_model(mlp, digits):
     # mlp body: Flatten, Linear, ReLU, Linear, ReLU
-    assert fw.frozen_prefix(mlp, "linear_probe") == 5 == fw.frozen_prefix(mlp, "none")
-    assert fw.frozen_prefix(mlp, "full") == 0 and fw.frozen_prefix(mlp, "bitfit") == 0
-    assert fw.frozen_prefix(mlp, "last_layers", num_layers=2) == 3
-    assert fw.frozen_prefix(mlp, "lora") == 0       # the first Linear gets an adapter; Flatten alone: nothing to cache
+    assert lf.frozen_prefix(mlp, "linear_probe") == 5 == lf.frozen_prefix(mlp, "none")
+    assert lf.frozen_prefix(mlp, "full") == 0 and lf.frozen_prefix(mlp, "bitfit") == 0
+    assert lf.frozen_prefix(mlp, "last_layers", num_layers=2) == 3
+    assert lf.frozen_prefix(mlp, "lora") == 0       # the first Linear gets an adapter; Flatten alone: nothing to cache
     k = 3
-    prefixes = fw.Prefixes(mlp, digits.X)
+    prefixes = lf.Prefixes(mlp, digits.X)
     with torch.no_grad():
-        torch.testing.assert_close(fw.top_model(mlp, k)(prefixes(k)), mlp(digits.X))
-        head_model, Z = fw.cache_body(mlp, digits.X)
+        torch.testing.assert_close(lf.top_model(mlp, k)(prefixes(k)), mlp(digits.X))
+        head_model, Z = lf.cache_body(mlp, digits.X)
         torch.testing.assert_close(head_model(Z), mlp(digits.X))
 
 
 def test_compare_on_cached_prefixes_equals_the_model_in_the_loop(mlp, few):
     modes = ("none", "linear_probe", "last_layers", "full")
     kw = dict(num_rounds=2, local_steps=2, seed=0)
-    cached, _, _ = fw.compare(mlp, few.federation, modes, **kw)
-    loop, _, _ = fw.compare(mlp, few.federation, modes, cache=False, **kw)
+    cached, _, _ = lf.compare(mlp, few.federation, modes, **kw)
+    loop, _, _ = lf.compare(mlp, few.federation, modes, cache=False, **kw)
     assert list(cached["mode"]) == ["pretrained", *modes] == list(loop["mode"])
     assert cached.set_index("mode").loc["linear_probe", "features"].startswith("body[:5] cached")
     assert set(loop["features"]) == {"in the loop"}
     with pytest.raises(ValueError, match="modes"):
-        fw.compare(mlp, few.federation, ())
+        lf.compare(mlp, few.federation, ())
     for col in ("accuracy", "f1_macro", "bytes_up_per_round", "trainable_params", "flops_step"):
         np.testing.assert_allclose(cached[col].to_numpy(float), loop[col].to_numpy(float), atol=1e-3, equal_nan=True)
 
 
 def test_sweep_and_rounds_curve_tables(mlp, digits, few):
-    sweep = fw.sweep(mlp, digits.X, digits.y, "shots", [2, 4], seeds=(0, 1), num_rounds=2, num_clients=4,
+    sweep = lf.sweep(mlp, digits.X, digits.y, "shots", [2, 4], seeds=(0, 1), num_rounds=2, num_clients=4,
                      local_steps=2)
     assert set(sweep.shots) == {2, 4} and set(sweep.seed) == {0, 1}
     assert len(sweep) == 2 * 2 * 3              # pretrained, prototypes, linear probe per point
     with pytest.raises(ValueError, match="param"):
-        fw.sweep(mlp, digits.X, digits.y, "lr", [0.1])
-    curve = fw.rounds_curve(mlp, few.federation, ("none", "linear_probe"), num_rounds=3, local_steps=2)
+        lf.sweep(mlp, digits.X, digits.y, "lr", [0.1])
+    curve = lf.rounds_curve(mlp, few.federation, ("none", "linear_probe"), num_rounds=3, local_steps=2)
     assert list(curve.columns) == ["method", "mode", "round", "metric", "value"]
     assert set(curve["round"]) == {0, 1, 2, 3} and set(curve.metric) == {"accuracy", "f1_macro"}
     flat = curve[(curve["mode"] == "none") & (curve.metric == "accuracy")]["value"]
     assert flat.nunique() == 1                  # the prototype head does not train
 
 
+def test_before_after_table_pairs_each_client_with_the_pretrained_head(mlp, few):
+    _, per_client, _ = lf.compare(mlp, few.federation, ("none", "linear_probe"), num_rounds=2, local_steps=2)
+    table = lf.before_after_table(per_client, ("linear_probe", "none", "linear_probe", "full"))
+    assert list(table.columns) == ["client", "before", "after", "change", "method"]
+    assert list(dict.fromkeys(table.method)) == ["Linear probe", "None (prototypes)"]   # order kept, "full" absent
+    acc = per_client[(per_client.metric == "accuracy") & per_client.client.notna()]
+    for r in table.itertuples():
+        before = acc[(acc.method == "Pretrained (no fine-tuning)") & (acc.client == r.client)]["value"]
+        after = acc[(acc.method == r.method) & (acc.client == r.client)]["value"]
+        assert (r.before, r.after) == (before.item(), after.item())
+        assert r.change == pytest.approx(r.after - r.before, abs=1e-15)
+    assert len(table) == 2 * few.federation.num_clients
+    with pytest.raises(ValueError, match="modes"):
+        lf.before_after_table(per_client, ("full",))
+    with pytest.raises(ValueError, match="modes"):
+        lf.before_after_table(per_client, ("nonsense",))
+
+
 # ----------------------------------------------------------------------------- plots
 
 @pytest.fixture(scope="module")
 def comparison(mlp, few):
-    return fw.compare(mlp, few.federation, ("none", "linear_probe", "lora", "full"), num_rounds=2, local_steps=2,
+    return lf.compare(mlp, few.federation, ("none", "linear_probe", "lora", "full"), num_rounds=2, local_steps=2,
                       baselines=True)
 
 
@@ -179,9 +198,9 @@ def test_plot_functions_return_axes(comparison, few, mlp):
     steps = pd.DataFrame({"setting": ["a", "b"], "seconds": [0.01, 0.002], "method": ["Full", "Linear probe"]})
     calls = [
         lambda ax: pf.plot_protocol(ax=ax),
-        lambda ax: pf.plot_support_set(fw.support_gallery(few.federation, per_split=2, shape=(1, 8, 8)), ax=ax),
+        lambda ax: pf.plot_support_set(lf.support_gallery(few.federation, per_split=2, shape=(1, 8, 8)), ax=ax),
         lambda ax: pf.plot_support_counts(few.table, ax=ax),
-        lambda ax: pf.plot_trainable(fw.trainable_table(mlp), ax=ax),
+        lambda ax: pf.plot_trainable(lf.trainable_table(mlp), ax=ax),
         lambda ax: pf.plot_accuracy_vs_cost(summary, "bytes_up_per_round", ax=ax),
         lambda ax: pf.plot_accuracy_vs_cost(summary, "flops_step", ax=ax),
         lambda ax: pf.plot_sweep(sweep, "shots", ax=ax, reference={"ref": 0.85}),
@@ -212,32 +231,6 @@ def test_plot_before_after_marks_hurt_clients_in_the_title():
     assert "25% hurt" in ax.get_title()
 
 
-# ----------------------------------------------------------------------------- panel
-
-def test_finetune_panel_builds_headless_and_reacts(digits):
-    model = flu.models.mlp(64, 16, 10, seed=0)
-    panel = fw.finetune_panel(model, digits.X, digits.y, shape=digits.shape, shots=5, num_rounds=2, num_clients=4,
-                              local_steps=2)
-    assert set(panel.controls) == {"shots", "alpha", "mode", "lora_rank", "num_rounds"}
-    assert panel.calls == 1 and panel.error is None
-    assert list(panel.result["mode"]) == ["pretrained", "none", "linear_probe"]
-    assert panel.lora_rank.disabled
-    for c in panel.controls.values():
-        if hasattr(c, "continuous_update"):
-            assert c.continuous_update is False
-    first = panel.result
-    panel.shots.value = 2
-    assert panel.calls == 2 and panel.error is None
-    assert not panel.result["accuracy"].equals(first["accuracy"])
-    panel.mode.value = "lora"
-    assert panel.calls == 3 and not panel.lora_rank.disabled
-    assert "lora" in list(panel.result["mode"])
-    rank2 = panel.result.set_index("mode").loc["lora", "trainable_params"]
-    panel.lora_rank.value = 1
-    assert panel.calls == 4
-    assert panel.result.set_index("mode").loc["lora", "trainable_params"] < rank2
-
-
 # ----------------------------------------------------------------------------- study fixes
 
 def _tiny_encoder():
@@ -247,6 +240,7 @@ def _tiny_encoder():
     with torch.random.fork_rng():        # a tiny random transformer, without touching the global stream
         torch.manual_seed(0)
         bert = transformers.BertModel(config)
+    bert.eval()                          # as from_pretrained leaves it: no dropout (flu.run replays steps)
     return [types.SimpleNamespace(auto_model=bert)]
 
 
@@ -269,8 +263,8 @@ def test_encoder_body_runs_through_flu_run_and_evaluate():
 
 
 def test_local_only_row_reports_pooled_accuracy(mlp, few):
-    summary, per_client, _ = flu.lessons.study.compare_modes(mlp, few.federation, modes=("linear_probe",), num_rounds=2,
-                                                     local_steps=2, baselines=True)
+    summary, per_client, _ = flu.lessons.study.compare_modes(mlp, few.federation, modes=("linear_probe",),
+                                                             num_rounds=2, local_steps=2, baselines=True)
     local = per_client[(per_client.method == "Local only") & (per_client.metric == "accuracy")]
     clients = local[local.client.notna()]
     sizes = few.federation.test_sizes[clients.client.astype(int).to_numpy()]

@@ -1,4 +1,5 @@
-"""The interactive panels (``flu.widgets``) and the pure compute behind them (``flu.lessons.explore``).
+"""The interactive panels (``flu.widgets``) and the pure compute behind notebooks 00-01's panels
+(``flu.lessons.explore``).
 
 Panels are built headless (no kernel): a control's ``.value`` set from Python fires the same
 observer the browser would, so each test checks that the wired compute function ran with the
@@ -15,6 +16,7 @@ import torch
 
 import fedlab_utils as flu
 from fedlab_utils.lessons import explore
+from fedlab_utils.lessons import fewshot as lf
 from fedlab_utils.views import widgets as fw
 
 matplotlib.use("Agg")
@@ -231,3 +233,44 @@ def test_draw_functions_return_figures(digits):
     assert [ax.get_ylabel() for ax in fig.axes[:2]] == ["test accuracy", "train loss"]
     matplotlib.pyplot.close(fig)
     assert fw.metrics_html(metrics).startswith("<table")
+
+
+# ----------------------------------------------------------------------------- few-shot panel (05)
+
+def test_finetune_panel_builds_headless_and_reacts(digits):
+    model = flu.models.mlp(64, 16, 10, seed=0)
+    panel = fw.fewshot.finetune_panel(model, digits.X, digits.y, shape=digits.shape, shots=5, num_rounds=2,
+                                      num_clients=4, local_steps=2)
+    assert set(panel.controls) == {"shots", "alpha", "mode", "lora_rank", "num_rounds"}
+    assert panel.calls == 1 and panel.error is None
+    assert list(panel.result["mode"]) == ["pretrained", "none", "linear_probe"]
+    assert panel.lora_rank.disabled
+    for c in panel.controls.values():
+        if hasattr(c, "continuous_update"):
+            assert c.continuous_update is False
+    first = panel.result
+    panel.shots.value = 2
+    assert panel.calls == 2 and panel.error is None
+    assert not panel.result["accuracy"].equals(first["accuracy"])
+    panel.mode.value = "lora"
+    assert panel.calls == 3 and not panel.lora_rank.disabled
+    assert "lora" in list(panel.result["mode"])
+    rank2 = panel.result.set_index("mode").loc["lora", "trainable_params"]
+    panel.lora_rank.value = 1
+    assert panel.calls == 4
+    assert panel.result.set_index("mode").loc["lora", "trainable_params"] < rank2
+
+
+def test_draw_mode_draws_the_tables_it_is_given(digits):
+    model = flu.models.mlp(64, 16, 10, seed=0)
+    few = lf.few_shot_federation(digits.X, digits.y, shots=3, num_clients=4, seed=0, shape=digits.shape)
+    summary, per_client, _ = lf.compare(model, few.federation, ("none", "linear_probe"), num_rounds=1,
+                                        local_steps=1)
+    dumbbells = lf.before_after_table(per_client, ("none", "linear_probe"))
+    fig = fw.fewshot.draw_mode(summary, dumbbells, title="one setting")
+    ax_ba, ax_cost = fig.axes[:2]
+    assert fig._suptitle.get_text() == "one setting"
+    pre = float(summary.loc[summary["mode"] == "pretrained", "accuracy"].iloc[0])
+    assert f"pretrained head: {pre:.2f}" in ax_cost.get_title()
+    matplotlib.pyplot.close(fig)
+

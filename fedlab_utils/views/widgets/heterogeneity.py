@@ -1,17 +1,14 @@
-"""Interactive panels: controls wired to the pure functions of ``flu.explore`` and the plots of
-``flu.plots``. No logic of its own.
+"""Notebooks 00-01's panels: controls wired to the pure functions of ``flu.lessons.explore`` and the
+plots of ``flu.plots``. No logic of its own.
 
 Every panel is built the same way (the ipywidgets docs' "Using Interact" pattern): the controls
 are mapped explicitly onto the keyword arguments of one callback with
-``ipywidgets.interactive_output``; the callback computes (``flu.explore``), then draws
+``ipywidgets.interactive_output``; the callback computes (``flu.lessons.explore``), then draws
 (``flu.plots``). The callback sees only its arguments and the values bound when the panel was
 built, never notebook globals. Sliders that retrain use ``continuous_update=False``.
 
-A panel is an ``ipywidgets.VBox`` with its controls as attributes (``panel.alpha.value = 0.1``
-recomputes, in a notebook, a test or a browser), ``panel.controls`` (name -> widget),
-``panel.output`` (the ``Output`` the figure goes to), and after each recompute ``panel.result``
-(what the compute function returned), ``panel.seconds`` (how long compute + draw took),
-``panel.calls`` (how many recomputes) and ``panel.error`` (the message of a rejected setting, or None).
+A panel's attributes (its controls, ``result``, ``seconds``, ``calls``, ``error``) are those of
+:func:`flu.widgets.common.panel`.
 
 - :func:`partition_explorer`: scheme, alpha, classes per client, size skew, clients, seed ->
   label heatmap (or bars), client sizes and the heterogeneity metrics.
@@ -22,20 +19,15 @@ from __future__ import annotations
 
 import functools
 import html
-import io
-import time
 
 import ipywidgets as W
 import matplotlib.pyplot as plt
-import numpy as np
 from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from ..._core import checks as chk
 from ...lessons import explore
 from ..plots import base as plots
-
-_STYLE = {"description_width": "initial"}
-_LAYOUT = W.Layout(width="360px")
+from .common import LAYOUT, STYLE, int_slider, log_slider, panel, show, show_html
 
 
 # --------------------------------------------------------------------------- drawing helpers
@@ -62,7 +54,7 @@ def draw_partition(counts, metrics: dict, *, kind: str = "heatmap", normalize: b
 
 
 def metrics_html(metrics: dict, num_classes: int | None = None) -> str:
-    """The five headline metrics as a small HTML table (``flu.explore.metrics_table``)."""
+    """The five headline metrics as a small HTML table (``flu.lessons.explore.metrics_table``)."""
     table = explore.metrics_table(metrics, num_classes)
     rows = "".join(
         f"<tr><td><code>{html.escape(r.metric)}</code></td><td style='text-align:right'>{r.value:.3f}</td>"
@@ -92,84 +84,14 @@ def draw_curves(metrics, *, title: str = ""):
     return fig
 
 
-def _show(fig) -> None:
-    """Render ``fig`` as a PNG into the current output (the panel's Output widget), then close it
-    so it is neither drawn twice nor kept in memory. One draw at the figure's own margins (the
-    inline backend's ``bbox_inches="tight"`` would draw twice): a third less time per redraw."""
-    from IPython import get_ipython
-    from IPython.display import Image, display
-
-    if get_ipython() is not None:
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        display(Image(buffer.getvalue(), format="png"))
-    plt.close(fig)
-
-
-def _show_html(text: str) -> None:
-    from IPython import get_ipython
-    from IPython.display import HTML, display
-
-    if get_ipython() is not None:
-        display(HTML(text))
-
-
-# --------------------------------------------------------------------------- panel plumbing
-
-def _panel(title: str, controls: dict, callback, *, visible=None, columns: int = 2) -> W.VBox:
-    """VBox: a title, the ``visible`` controls in ``columns`` columns, a status line and the
-    output of ``interactive_output(callback, controls)``; controls become attributes."""
-    visible = list(controls) if visible is None else list(visible)
-    for name in visible:
-        if name not in controls:
-            chk.fail("controls", f"names among {list(controls)}", visible)
-    shown = [controls[n] for n in visible]
-    cols = [W.VBox(shown[i::columns]) for i in range(columns)]
-    status = W.HTML(layout=W.Layout(min_height="1.5em"))
-    panel = W.VBox([W.HTML(f"<b>{html.escape(title)}</b>"), W.HBox(cols), status])
-    panel.controls = dict(controls)
-    panel.status = status
-    panel.result, panel.seconds, panel.calls, panel.error = None, float("nan"), 0, None
-    for name, widget in controls.items():
-        setattr(panel, name, widget)
-
-    def wired(**kwargs):
-        t0 = time.perf_counter()
-        try:
-            panel.result = callback(**kwargs)
-            panel.error = None
-        except (ValueError, FloatingPointError) as err:
-            panel.error = str(err)
-            print(f"Not drawn: {err}")
-        panel.seconds = time.perf_counter() - t0
-        panel.calls += 1
-        status.value = (f"<span style='color:#a00'>{html.escape(panel.error)}</span>" if panel.error
-                        else f"<small>recomputed in {panel.seconds:.2f} s</small>")
-
-    panel.output = W.interactive_output(wired, controls)
-    panel.children = (*panel.children, panel.output)
-    return panel
-
-
-def _log_slider(description, value, low, high, step=0.1):
-    return W.FloatLogSlider(value=value, base=10, min=np.log10(low), max=np.log10(high), step=step,
-                            description=description, continuous_update=False, readout_format=".3g",
-                            style=_STYLE, layout=_LAYOUT)
-
-
-def _int_slider(description, value, low, high, step=1):
-    return W.IntSlider(value=value, min=low, max=high, step=step, description=description,
-                       continuous_update=False, style=_STYLE, layout=_LAYOUT)
-
-
 # --------------------------------------------------------------------------- partition explorer
 
 def _partition_view(y, num_classes, scheme, alpha, classes_per_client, sigma, num_clients, seed, kind, normalize):
     counts, metrics = explore.partition_summary(
         y, scheme, num_clients=num_clients, alpha=alpha, classes_per_client=classes_per_client,
         sigma=sigma, seed=seed)
-    _show(draw_partition(counts, metrics, kind=kind, normalize=normalize, title=scheme))
-    _show_html(metrics_html(metrics, num_classes))
+    show(draw_partition(counts, metrics, kind=kind, normalize=normalize, title=scheme))
+    show_html(metrics_html(metrics, num_classes))
     return counts, metrics
 
 
@@ -180,7 +102,7 @@ def partition_explorer(y, *, seed: int = 0, scheme: str = "dirichlet", alpha: fl
     scale), ``classes_per_client`` (pathological; shards per client for ``shards``), ``sigma``
     (quantity skew), ``num_clients``, ``seed``, ``kind`` (heatmap or bars), ``normalize``.
 
-    Each change recomputes ``flu.explore.partition_summary`` and redraws the label table, the
+    Each change recomputes ``flu.lessons.explore.partition_summary`` and redraws the label table, the
     client-size histogram and the metric table; ``panel.result`` is ``(counts, metrics)``.
     Controls a scheme does not read are greyed out.
     """
@@ -188,14 +110,14 @@ def partition_explorer(y, *, seed: int = 0, scheme: str = "dirichlet", alpha: fl
     labels = chk.labels("y", y)
     C = int(labels.max()) + 1
     controls = dict(
-        scheme=W.Dropdown(options=explore.SCHEMES, value=scheme, description="scheme", style=_STYLE,
-                          layout=_LAYOUT),
-        alpha=_log_slider("alpha", alpha, 0.01, 100.0),
-        classes_per_client=_int_slider("classes_per_client", classes_per_client, 1, C),
+        scheme=W.Dropdown(options=explore.SCHEMES, value=scheme, description="scheme", style=STYLE,
+                          layout=LAYOUT),
+        alpha=log_slider("alpha", alpha, 0.01, 100.0),
+        classes_per_client=int_slider("classes_per_client", classes_per_client, 1, C),
         sigma=W.FloatSlider(value=sigma, min=0.0, max=3.0, step=0.1, description="sigma (size skew)",
-                            continuous_update=False, style=_STYLE, layout=_LAYOUT),
-        num_clients=_int_slider("num_clients", num_clients, 2, 100),
-        seed=W.IntText(value=seed, description="seed", style=_STYLE, layout=_LAYOUT),
+                            continuous_update=False, style=STYLE, layout=LAYOUT),
+        num_clients=int_slider("num_clients", num_clients, 2, 100),
+        seed=W.IntText(value=seed, description="seed", style=STYLE, layout=LAYOUT),
         kind=W.ToggleButtons(options=("heatmap", "bars"), value=kind, style={"button_width": "80px"}),
         normalize=W.Checkbox(value=normalize, description="label shares per client", indent=False),
     )
@@ -207,7 +129,7 @@ def partition_explorer(y, *, seed: int = 0, scheme: str = "dirichlet", alpha: fl
 
     controls["scheme"].observe(grey_out, "value")
     grey_out()
-    return _panel("Partition explorer", controls, functools.partial(_partition_view, labels, C))
+    return panel("Partition explorer", controls, functools.partial(_partition_view, labels, C))
 
 
 # --------------------------------------------------------------------------- FedAvg panel
@@ -216,7 +138,7 @@ def _fedavg_view(dataset, fixed, alpha, local_steps, clients_per_round, client_l
     metrics = explore.fedavg_curves(alpha=alpha, local_steps=local_steps, clients_per_round=clients_per_round,
                                     client_lr=client_lr, num_rounds=num_rounds, dataset=dataset,
                                     iid_reference=iid_reference, **fixed)
-    _show(draw_curves(metrics, title=f"FedAvg, Dirichlet alpha={alpha:.3g}, local_steps={local_steps}, "
+    show(draw_curves(metrics, title=f"FedAvg, Dirichlet alpha={alpha:.3g}, local_steps={local_steps}, "
                                      f"clients_per_round={clients_per_round}, client_lr={client_lr:.3g}"))
     return metrics
 
@@ -229,7 +151,7 @@ def fedavg_panel(dataset="digits", *, alpha: float = 0.1, local_steps: int = 10,
     controls ``alpha``, ``local_steps``, ``clients_per_round``, ``client_lr``, ``num_rounds``,
     ``iid_reference`` (also train on an IID split with the same settings).
 
-    Each change reruns ``flu.explore.fedavg_curves`` (``num_clients`` clients, ``model``,
+    Each change reruns ``flu.lessons.explore.fedavg_curves`` (``num_clients`` clients, ``model``,
     ``batch_size``, ``seed`` fixed when the panel is built) and redraws test accuracy and train
     loss per round; ``panel.result`` is the metrics table. ``controls`` picks which controls are
     shown (default all); hidden ones keep their values.
@@ -237,13 +159,13 @@ def fedavg_panel(dataset="digits", *, alpha: float = 0.1, local_steps: int = 10,
     num_clients = chk.integer("num_clients", num_clients, low=2)
     clients_per_round = chk.integer("clients_per_round", clients_per_round, low=1, high=num_clients)
     widgets = dict(
-        alpha=_log_slider("alpha", alpha, 0.01, 100.0),
-        local_steps=_int_slider("local_steps", local_steps, 1, 50),
-        clients_per_round=_int_slider("clients_per_round", clients_per_round, 1, num_clients),
-        client_lr=_log_slider("client_lr", client_lr, 1e-3, 1.0),
-        num_rounds=_int_slider("num_rounds", num_rounds, 5, max(50, num_rounds), 5),
+        alpha=log_slider("alpha", alpha, 0.01, 100.0),
+        local_steps=int_slider("local_steps", local_steps, 1, 50),
+        clients_per_round=int_slider("clients_per_round", clients_per_round, 1, num_clients),
+        client_lr=log_slider("client_lr", client_lr, 1e-3, 1.0),
+        num_rounds=int_slider("num_rounds", num_rounds, 5, max(50, num_rounds), 5),
         iid_reference=W.Checkbox(value=iid_reference, description="compare with IID", indent=False),
     )
     fixed = dict(num_clients=num_clients, model=model, hidden=hidden, batch_size=batch_size, seed=seed)
-    return _panel("FedAvg under label skew", widgets, functools.partial(_fedavg_view, dataset, fixed),
+    return panel("FedAvg under label skew", widgets, functools.partial(_fedavg_view, dataset, fixed),
                   visible=controls)
