@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 
 from .._core import checks as chk
-from ..algorithms import core as algs
+from .. import algorithms as algs
 from ..data import datasets as fdata
 from ..models import nets as models
 from ..data import partition as fpart

@@ -18,6 +18,7 @@ from torch import nn
 
 from .._core import checks as chk
 from .._core.labels import canonical_label
+from .._core.random import BATCH, INIT, seed_value, stream
 from ..analysis import evaluation
 from ..data import fewshot
 from ..models import finetune
@@ -157,7 +158,7 @@ def text_classifier(num_classes: int = 2, *, seed: int = 0, max_length: int = 48
     tokenizer = encoder.tokenizer
     with torch.random.fork_rng(devices=[]):  # the head is initialised below from its own generator
         head = nn.Linear(384, chk.integer("num_classes", num_classes, low=2))
-    gen = torch.Generator().manual_seed(chk.integer("seed", seed, low=0))
+    gen = stream(seed_value("seed", seed), INIT)
     with torch.no_grad():
         head.weight.uniform_(-384 ** -0.5, 384 ** -0.5, generator=gen)
         head.bias.zero_()
@@ -182,7 +183,7 @@ def time_steps(model: nn.Module, X, y, mode: str, *, steps: int = 3, batch_size:
     for n, p in net.named_parameters():
         p.requires_grad_(n in train)
     opt = torch.optim.SGD(params, lr=lr)
-    gen = torch.Generator().manual_seed(seed)
+    gen = stream(seed_value("seed", seed), BATCH)
     times = []
     for _ in range(steps + 1):
         idx = torch.randperm(len(y), generator=gen)[:batch_size]
