@@ -39,6 +39,7 @@ from typing import Callable, Mapping
 import torch
 
 from .._core import checks as chk
+from .._core.labels import canonical_label
 
 Params = dict  # name -> tensor
 
@@ -150,6 +151,8 @@ class Algorithm:
     check_options: Callable = lambda options: None
 
     def __post_init__(self):
+        if not self.label:  # the one plot label of this method (flu._core.labels)
+            object.__setattr__(self, "label", canonical_label(self.name))
         if isinstance(self.options, Mapping):
             object.__setattr__(self, "options", options_record(self.name, self.options)())
         elif isinstance(self.options, type) and issubclass(self.options, Options):

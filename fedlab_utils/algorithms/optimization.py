@@ -20,7 +20,7 @@ def _average_server(srv: ServerRound):
 def fedavg() -> Algorithm:
     """FedAvg (McMahan et al. 2017, AISTATS, Algorithm 1): local SGD, then
     ``x <- x - server_lr * sum_i w_i delta_i`` with the sampling scheme's weights w_i."""
-    return Algorithm("fedavg", _fedavg_client, _average_server, label="FedAvg")
+    return Algorithm("fedavg", _fedavg_client, _average_server)
 
 
 # ---------------------------------------------------------------------------------- FedProx
@@ -46,7 +46,7 @@ def fedprox() -> Algorithm:
 
     then ``x <- x - server_lr * sum_i w_i delta_i`` as in FedAvg. Option ``mu >= 0`` (default
     0.01); ``mu = 0`` is FedAvg."""
-    return Algorithm("fedprox", _fedprox_client, _average_server, options=FedProxOptions(), label="FedProx")
+    return Algorithm("fedprox", _fedprox_client, _average_server, options=FedProxOptions())
 
 
 # ---------------------------------------------------------------------------------- SCAFFOLD
@@ -80,7 +80,7 @@ def scaffold() -> Algorithm:
     ``|S|/N * mean``), so ``c = sum_i p_i c_i`` holds under partial participation. ``c`` travels
     down (bytes_down) and ``c_i+ - c_i`` up (bytes_up). State is kept flat over the trainable
     parameters: server ``c`` (D,), clients ``c`` (N, D) in ``History.client_state``."""
-    return Algorithm("scaffold", _scaffold_client, _scaffold_server, label="SCAFFOLD",
+    return Algorithm("scaffold", _scaffold_client, _scaffold_server,
                      init_server=lambda params, options: {"c": flat_full(params)},
                      init_client=lambda params, options: {"c": flat_full(params)},
                      broadcast=("c",))
@@ -112,7 +112,7 @@ def fednova() -> Algorithm:
     ``||eta a_i||_1 = sum_t eta_t`` (``lr_sum``): ``d_i = delta_i / sum_t eta_t`` and
     ``x <- x - server_lr * (sum_i w_i sum_t eta_t) * sum_i w_i d_i``, identical to the rule
     above for a constant rate. Each client uploads its scalar ``sum_t eta_t`` (counted in bytes_up)."""
-    return Algorithm("fednova", _fednova_client, _fednova_server, label="FedNova")
+    return Algorithm("fednova", _fednova_client, _fednova_server)
 
 
 # ---------------------------------------------------------------------------------- FedDyn
@@ -157,6 +157,6 @@ def feddyn() -> Algorithm:
     uniform p_i = 1/m and uniform sampling exactly the paper's ``h <- h - alpha/m sum_k (theta_k -
     theta)``, ``theta <- mean_k theta_k - h / alpha``. ``h = sum_i p_i g_i`` holds under partial
     participation. Option ``alpha > 0`` (default 0.01)."""
-    return Algorithm("feddyn", _feddyn_client, _feddyn_server, label="FedDyn", options=FedDynOptions(),
+    return Algorithm("feddyn", _feddyn_client, _feddyn_server, options=FedDynOptions(),
                      init_server=lambda params, options: {"h": flat_full(params)},
                      init_client=lambda params, options: {"g": flat_full(params)})

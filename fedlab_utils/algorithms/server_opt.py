@@ -32,7 +32,7 @@ def fedavgm() -> Algorithm:
         m <- beta m + Delta,     x <- x - server_lr * m,
 
     with ``server_momentum`` beta in [0, 1) (default 0.9; 0 is FedAvg), m starting at 0."""
-    return Algorithm("fedavgm", _fedavg_client, _fedavgm_server, label="FedAvgM",
+    return Algorithm("fedavgm", _fedavg_client, _fedavgm_server,
                      options=FedAvgMOptions(),
                      init_server=lambda params, options: {"m": flat_full(params)})
 
@@ -62,8 +62,8 @@ class AdaptiveOptions(Options):
         positive("tau", self.tau)
 
 
-def _adaptive(name: str, label: str, second_moment: Callable) -> Algorithm:
-    return Algorithm(name, _fedavg_client, _adaptive_server(second_moment), label=label, default_server_lr=1e-2,
+def _adaptive(name: str, second_moment: Callable) -> Algorithm:
+    return Algorithm(name, _fedavg_client, _adaptive_server(second_moment), default_server_lr=1e-2,
                      options=AdaptiveOptions(),
                      init_server=lambda params, options: {"m": flat_full(params),
                                                           "v": flat_full(params, options.tau ** 2)})
@@ -82,14 +82,14 @@ def fedadam() -> Algorithm:
 
     Delta = sum_i w_i delta_i, m_0 = 0, v_0 = tau^2, no bias correction. Options ``beta1``,
     ``beta2`` in [0, 1) (0.9, 0.99), ``tau > 0`` (1e-3); default ``server_lr`` 1e-2."""
-    return _adaptive("fedadam", "FedAdam", lambda v, D2, b2: b2 * v + (1 - b2) * D2)
+    return _adaptive("fedadam", lambda v, D2, b2: b2 * v + (1 - b2) * D2)
 
 
 def fedyogi() -> Algorithm:
     """FedYogi (Reddi et al. 2021, ICLR, Algorithm 2): as FedAdam but
 
         v <- v - (1 - beta2) Delta^2 sign(v - Delta^2)."""
-    return _adaptive("fedyogi", "FedYogi", lambda v, D2, b2: v - (1 - b2) * D2 * torch.sign(v - D2))
+    return _adaptive("fedyogi", lambda v, D2, b2: v - (1 - b2) * D2 * torch.sign(v - D2))
 
 
 def fedadagrad() -> Algorithm:
@@ -98,4 +98,4 @@ def fedadagrad() -> Algorithm:
         v <- v + Delta^2
 
     (``beta2`` is accepted, as one of the algorithm's inputs in the paper, and unused)."""
-    return _adaptive("fedadagrad", "FedAdagrad", lambda v, D2, b2: v + D2)
+    return _adaptive("fedadagrad", lambda v, D2, b2: v + D2)
