@@ -145,6 +145,14 @@ def configure(model, federation, *, algorithm, num_rounds, local_steps, client_l
     N = federation.num_clients
     if callable(client_lr):
         schedule = client_lr
+        try:
+            first = schedule(1, 0)
+        except Exception as exc:  # a schedule of the wrong shape fails here, named, not in round 1
+            chk.fail("client_lr", "a callable (round, step) -> learning rate (calling client_lr(1, 0) raised "
+                     f"{type(exc).__name__}: {str(exc)[:120]})", client_lr)
+        if isinstance(first, bool) or not isinstance(first, (int, float, np.number, torch.Tensor)):
+            chk.fail("client_lr", "a callable returning a number (client_lr(1, 0) returned "
+                     f"{type(first).__name__})", client_lr)
     else:
         schedule = chk.real("client_lr", client_lr, low=0, low_open=True)
     if batch_size is not None:

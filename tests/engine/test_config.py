@@ -103,6 +103,9 @@ class _Strict(Options):
     (dict(eval_every=0), "eval_every"),
     (dict(backend="gpu"), "backend"),
     (dict(checkpoint_every=0), "checkpoint_every"),
+    (dict(client_lr=lambda rnd: 0.1), "client_lr"),            # a schedule of the wrong shape
+    (dict(client_lr=lambda rnd, step: "fast"), "client_lr"),
+    (dict(client_lr=lambda rnd, step: float("nan")), "client_lr"),
     (dict(systems="phones"), "systems"),
     (dict(privacy=1.0), "privacy"),
     (dict(compression="qsgd"), "compression"),
