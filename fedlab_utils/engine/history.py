@@ -257,9 +257,13 @@ class History:
     personal_params : dict or None
         Name -> ``(N, ...)`` tensor of per-client personal parameters, filled by
         personalisation methods; ``None`` otherwise.
+    timeline : DataFrame or None
+        With ``systems=``, long form ``round, client, phase, start, end, outcome`` on the virtual
+        clock: ``phase`` in download / compute / upload, ``outcome`` in completed / dropped / late
+        / partial, times in seconds since the run's start; ``None`` without a simulation.
 
     Two Histories are ``==`` when ``metrics``, ``rounds``, ``config``, ``params``,
-    ``client_state``, ``server_state``, ``personal_params`` and ``trajectory`` are equal (tables
+    ``client_state``, ``server_state``, ``personal_params``, ``timeline`` and ``trajectory`` are equal (tables
     by ``DataFrame.equals``, tensors by ``torch.equal``, recursively through dicts and lists);
     ``timing`` (measured, not deterministic) and ``model`` (a copy of ``params``) are left out,
     so a replay with the same seed compares equal. Histories are mutable, hence unhashable.
@@ -275,6 +279,7 @@ class History:
     client_state: dict = field(default_factory=dict)
     server_state: dict = field(default_factory=dict)
     personal_params: dict | None = None
+    timeline: pd.DataFrame | None = None
 
     # ------------------------------------------------------------------ views
     def _pooled(self, metric, split, model) -> pd.DataFrame:
@@ -359,6 +364,7 @@ class History:
                 and _equal(self.client_state, other.client_state)
                 and _equal(self.server_state, other.server_state)
                 and _equal(self.personal_params, other.personal_params)
+                and _equal(self.timeline, other.timeline)
                 and _equal(self.trajectory, other.trajectory))
 
     __hash__ = None
@@ -392,6 +398,7 @@ class History:
             "client_state": _portable(self.client_state, "client_state"),
             "server_state": _portable(self.server_state, "server_state"),
             "personal_params": _portable(self.personal_params, "personal_params"),
+            "timeline": None if self.timeline is None else _table(self.timeline, "timeline"),
         }
         parent = path.parent
         if not parent.is_dir():
@@ -461,10 +468,11 @@ class History:
             metrics = part("metrics", metrics_frame)
             rounds = part("rounds", pd.DataFrame)
             timing = part("timing", pd.DataFrame)
-            server_state, personal = {}, None
+            server_state, personal, timeline = {}, None, None
         else:
             metrics, rounds, timing = (part(k, _frame) for k in ("metrics", "rounds", "timing"))
             server_state, personal = blob["server_state"], blob["personal_params"]
+            timeline = None if blob.get("timeline") is None else part("timeline", _frame)
         config, params = blob["config"], blob["params"]
         if not isinstance(config, dict):
             raise bad(f"has a malformed 'config' entry (a {type(config).__name__}, not a dict)")
@@ -480,7 +488,7 @@ class History:
             except RuntimeError as e:
                 raise ValueError(f"model must have the architecture of the run saved in {name!r}: {e}") from None
         return cls(metrics, rounds, timing, config, params, loaded, blob["trajectory"], blob["client_state"],
-                   server_state=server_state, personal_params=personal)
+                   server_state=server_state, personal_params=personal, timeline=timeline)
 
 
 def _fsync_dir(directory) -> None:
