@@ -20,6 +20,7 @@ SAMPLE, BATCH, LORA, PARTITION, SPLIT, FEWSHOT, INIT, DROPOUT = range(1, 9)
 DATA = 9    # generated data and feature noise (flu.data.synthetic, flu.data.add_noise)
 PROBE = 10  # random starting vectors of analysis probes (power iteration)
 COMPRESS = 11  # stochastic rounding of uploads (flu.systems.Compression, QSGD)
+PROFILE, AVAILABILITY = 12, 13  # device profiles and availability draws (flu.systems)
 
 
 def seed_value(name: str, seed) -> int:
