@@ -59,6 +59,8 @@ class RunConfig:
     checkpoint: Path | None
     checkpoint_every: int
     resume: Path | None
+    systems: object               # an flu.systems.Simulation or None
+    compression: object           # an flu.systems.Compression or None
     model_name: str
     federation_name: str
     fingerprint: str              # of the model's initial parameters and the federation's data
@@ -77,7 +79,8 @@ class RunConfig:
             else self.client_lr,
             batch_size=self.batch_size, server_lr=self.server_lr, clients_per_round=self.clients_per_round,
             sampling=self.sampling, weights=self.weights, loss=self.loss, l2=self.l2, finetune=self.finetune,
-            systems=None, privacy=None, compression=None, eval_every=self.eval_every, backend=self.backend,
+            systems=_describe(self.systems), privacy=None, compression=_describe(self.compression),
+            eval_every=self.eval_every, backend=self.backend,
             record_params=self.record_params, diagnostics=self.diagnostics, progress=self.progress,
             seed=self.seed, checkpoint=None if self.checkpoint is None else str(self.checkpoint),
             checkpoint_every=self.checkpoint_every, resume=None if self.resume is None else str(self.resume),
@@ -85,6 +88,23 @@ class RunConfig:
         cfg.update({k: _plain(v) for k, v in self.options.as_dict().items()})
         cfg.update({k: _plain(v) for k, v in self.finetune_options.items()})
         return cfg
+
+
+def _describe(record):
+    """A Simulation or Compression as plain values (profiles by a short fingerprint)."""
+    if record is None:
+        return None
+    out = {"type": type(record).__name__}
+    for name in record.__dataclass_fields__:
+        value = getattr(record, name)
+        if hasattr(value, "to_numpy"):  # the profiles DataFrame
+            h = hashlib.blake2b(value.to_csv(index=False).encode(), digest_size=8).hexdigest()
+            out[name] = f"{len(value)} clients ({h})"
+        elif isinstance(value, (list, tuple, np.ndarray)):
+            out[name] = [_plain(v) for v in value]
+        else:
+            out[name] = _plain(value) if not hasattr(value, "__dataclass_fields__") else _describe(value)
+    return out
 
 
 def _plain(value):
@@ -159,9 +179,22 @@ def configure(model, federation, *, algorithm, num_rounds, local_steps, client_l
         batch_size = chk.integer("batch_size", batch_size, low=1)
     if clients_per_round is not None:
         clients_per_round = chk.integer("clients_per_round", clients_per_round, low=1, high=N)
-    for name, value in (("systems", systems), ("privacy", privacy), ("compression", compression)):
-        if value is not None:
-            chk.fail(name, "None (this simulation is not built yet; docs/architecture.md, 'What comes next')", value)
+    if systems is not None:
+        from ..systems.simulation import Simulation
+        if not isinstance(systems, Simulation):
+            raise TypeError(f"systems must be an flu.systems.Simulation or None, got {type(systems).__name__}")
+        if systems.aggregation != "sync":
+            chk.fail("systems.aggregation", "'sync' (FedAsync and FedBuff are not built yet)", systems.aggregation)
+    if compression is not None:
+        from ..systems.compression import Compression
+        if not isinstance(compression, Compression):
+            raise TypeError(f"compression must be an flu.systems.Compression or None, got {type(compression).__name__}")
+        if finetune == "lora" and compression.method != "none":
+            chk.fail("compression", "None with finetune='lora' (its clients upload factors, not the dense update "
+                     "the server merges; compress with finetune='ffa_lora')", compression.method)
+    if privacy is not None:
+        chk.fail("privacy", "None (differential privacy is not built yet; docs/architecture.md, 'What comes next')",
+                 privacy)
     mode = finetune
     if not isinstance(mode, str):
         chk.fail("finetune", f"one mode name of {list(ft.MODES)}", mode)
@@ -190,6 +223,7 @@ def configure(model, federation, *, algorithm, num_rounds, local_steps, client_l
         record_params=_flag("record_params", record_params), diagnostics=_flag("diagnostics", diagnostics),
         progress=_flag("progress", progress), seed=seed_value("seed", seed), checkpoint=checkpoint,
         checkpoint_every=chk.integer("checkpoint_every", checkpoint_every, low=1), resume=resume,
+        systems=systems, compression=compression,
         model_name=f"{getattr(model, 'name', type(model).__name__)} "
                    f"({sum(p.numel() for p in model.parameters())} parameters)",
         federation_name=repr(federation), fingerprint=fingerprint(model, federation))

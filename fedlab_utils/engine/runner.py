@@ -38,6 +38,8 @@ from .history import METRIC_COLUMNS, History, metrics_frame
 from .local import GATHER_BYTES, Trainer
 from .sampling import batch_plan, select_clients
 
+import numpy as np
+
 
 def run(model, federation, algorithm="fedavg", num_rounds=50, local_steps=5, client_lr=0.05,
         batch_size=16, server_lr=None, clients_per_round=None, sampling="uniform", weights="samples",
@@ -152,6 +154,8 @@ class Setup:
     down_bytes: int
     trainable_count: int
     full_batch: tuple | None  # (idx, w) of every client's full batch, for diagnostics
+    clocked: object = None    # the virtual clock (engine.clocked.Clocked) with systems=
+    upload_extra: int = 0     # bytes each client uploads besides its update (control variates, ...)
 
     @classmethod
     def build(cls, cfg: RunConfig, model, federation) -> "Setup":
@@ -180,12 +184,34 @@ class Setup:
                                    torch.ones(N, dtype=torch.long), None, cfg.seed, 0)
             full_batch = (idx, w)
         nbytes = {k: v.numel() * v.element_size() for k, v in params.items()}
-        return cls(cfg, model, plan, params, frozen, sizes, torch.cumsum(sizes, 0) - sizes,
-                   torch.as_tensor(federation.weights(cfg.weights), dtype=torch.float64),
-                   torch.tensor(cfg.local_steps, dtype=torch.long), trainer,
-                   Evaluator(copy.deepcopy(model), federation, dtype, cfg.loss, not Y.is_floating_point()),
-                   sum(nbytes[k] for k in trainable), sum(nbytes[k] for k in plan.server),
-                   sum(params[k].numel() for k in trainable), full_batch)
+        setup = cls(cfg, model, plan, params, frozen, sizes, torch.cumsum(sizes, 0) - sizes,
+                    torch.as_tensor(federation.weights(cfg.weights), dtype=torch.float64),
+                    torch.tensor(cfg.local_steps, dtype=torch.long), trainer,
+                    Evaluator(copy.deepcopy(model), federation, dtype, cfg.loss, not Y.is_floating_point()),
+                    sum(nbytes[k] for k in trainable), sum(nbytes[k] for k in plan.server),
+                    sum(params[k].numel() for k in trainable), full_batch)
+        if cfg.systems is not None:
+            from .clocked import Clocked
+            setup.upload_extra = _upload_extra(cfg, setup)
+            setup.clocked = Clocked.build(cfg.systems, cfg=cfg, model=model, sizes=sizes,
+                                          input_shape=tuple(X.shape[1:]), bytes_down=setup.down_bytes
+                                          + setup.broadcast_bytes(), bytes_up=setup.update_bytes()
+                                          + setup.upload_extra)
+        return setup
+
+    def broadcast_bytes(self) -> int:
+        """Bytes of the server state sent to each client besides x (SCAFFOLD's c)."""
+        x = {k: self.params[k] for k in self.plan.server}
+        state = self.cfg.algorithm.init_server(x, self.cfg.options)
+        return sum(state[k].numel() * state[k].element_size() for k in self.cfg.algorithm.broadcast)
+
+    def update_bytes(self) -> int:
+        """Bytes of one client's model update as it travels (encoded when compressed)."""
+        if self.cfg.compression is None:
+            return self.up_bytes
+        zeros = {k: torch.zeros(1, *self.params[k].shape, dtype=self.params[k].dtype) for k in self.plan.trainable}
+        _, nbytes, _ = self.cfg.compression.compress(zeros, None, 1, torch.zeros(1, dtype=torch.long))
+        return int(nbytes[0])
 
     @property
     def dtype(self):
@@ -194,6 +220,23 @@ class Setup:
     def full(self, x: dict) -> dict:
         """The original architecture's parameters (adapters merged) with trainable values from ``x``."""
         return self.plan.merged({k: (x[k] if k in x else v).detach().clone() for k, v in self.params.items()})
+
+
+def _upload_extra(cfg, setup) -> int:
+    """Bytes one client uploads besides its model update: the algorithm's ``upload`` entries,
+    found by calling its client rule once on one client with a no-op local training."""
+    x = {k: setup.params[k] for k in setup.plan.server}
+    template = cfg.algorithm.init_client(x, cfg.options)
+    state = {k: v.unsqueeze(0) for k, v in template.items()}
+    server_state = cfg.algorithm.init_server(x, cfg.options)
+
+    def train(shift=None, pull=0.0, start=None):
+        return {k: v.unsqueeze(0).clone() for k, v in x.items()}
+
+    one = torch.ones(1, dtype=torch.long)
+    result = cfg.algorithm.client_update(algs.ClientRound(x, state, server_state, one,
+                                                          torch.ones(1, dtype=setup.dtype), cfg.options, train))
+    return sum(v[0].numel() * v.element_size() for v in result.upload.values())
 
 
 def _chunk(cfg, plan, params, X, sizes) -> int:
@@ -214,6 +257,8 @@ def _chunk(cfg, plan, params, X, sizes) -> int:
 
 # ------------------------------------------------------------------------------- state
 
+RESIDUAL = "residual."  # client_state keys of the compression's error feedback
+
 @dataclass
 class State:
     """What the rounds change: global parameters x (server coordinates), server and client
@@ -228,6 +273,9 @@ class State:
     round_rows: list = field(default_factory=list)
     timing_rows: list = field(default_factory=list)
     trajectory: list | None = None
+    sys: dict | None = None          # the virtual clock: time, energy per client, availability state
+    timeline: list = field(default_factory=list)
+    residual: dict | None = None     # top-k error feedback, per client (N, ...)
 
     @classmethod
     def start(cls, setup: Setup) -> "State":
@@ -237,6 +285,11 @@ class State:
         N = len(setup.sizes)
         state = cls(setup, x, cfg.algorithm.init_server(x, cfg.options),
                     {k: v.unsqueeze(0).repeat(N, *[1] * v.dim()) for k, v in template.items()})
+        if setup.clocked is not None:
+            state.sys = {"virtual_time": 0.0, "energy": np.zeros(N), "previous": None}
+        comp = cfg.compression
+        if comp is not None and comp.method == "topk" and comp.error_feedback:
+            state.residual = {k: torch.zeros(N, *v.shape, dtype=v.dtype) for k, v in x.items()}
         current = setup.full(x)
         state.trajectory = [current] if cfg.record_params else None
         setup.evaluator(current, 0, state.rows)
@@ -261,9 +314,19 @@ class State:
         metrics = hist.metrics
         rows = {c: metrics[c].tolist() for c in METRIC_COLUMNS}
         rows["client"] = [-1 if pd.isna(c) else int(c) for c in rows["client"]]
-        return cls(setup, dict(saved["params"]), dict(saved.get("algorithm", {})), dict(hist.client_state), done,
+        client_state = {k: v for k, v in hist.client_state.items() if not k.startswith(RESIDUAL)}
+        residual = {k[len(RESIDUAL):]: v for k, v in hist.client_state.items() if k.startswith(RESIDUAL)} or None
+        sys = None
+        if setup.clocked is not None:
+            saved_sys = saved.get("systems") or {}
+            previous = saved_sys.get("previous")
+            sys = {"virtual_time": float(saved_sys.get("virtual_time", 0.0)),
+                   "energy": np.asarray(saved_sys.get("energy", torch.zeros(len(setup.sizes))), dtype=np.float64),
+                   "previous": None if previous is None else np.asarray(previous, dtype=bool)}
+        timeline = [] if hist.timeline is None else hist.timeline.to_dict("records")
+        return cls(setup, dict(saved["params"]), dict(saved.get("algorithm", {})), client_state, done,
                    rows, hist.rounds.to_dict("records"), hist.timing.to_dict("records"),
-                   None if hist.trajectory is None else list(hist.trajectory))
+                   None if hist.trajectory is None else list(hist.trajectory), sys, timeline, residual)
 
     def history(self) -> History:
         setup = self.setup
@@ -272,10 +335,21 @@ class State:
         with torch.no_grad():
             for k, v in trained.named_parameters():
                 v.copy_(final[k])
+        server_state = {"round": self.completed, "params": dict(self.x), "algorithm": dict(self.server_state)}
+        timeline = None
+        if self.sys is not None:
+            previous = self.sys["previous"]
+            server_state["systems"] = {"virtual_time": float(self.sys["virtual_time"]),
+                                       "energy": torch.as_tensor(self.sys["energy"], dtype=torch.float64),
+                                       "previous": None if previous is None else torch.as_tensor(previous)}
+            from .clocked import TIMELINE_COLUMNS
+            timeline = pd.DataFrame(self.timeline, columns=TIMELINE_COLUMNS)
+        client_state = dict(self.client_state)
+        if self.residual is not None:
+            client_state.update({RESIDUAL + k: v for k, v in self.residual.items()})
         return History(metrics_frame(self.rows), pd.DataFrame(self.round_rows), pd.DataFrame(self.timing_rows),
-                       setup.cfg.describe(), final, trained, self.trajectory, dict(self.client_state),
-                       server_state={"round": self.completed, "params": dict(self.x),
-                                     "algorithm": dict(self.server_state)})
+                       setup.cfg.describe(), final, trained, self.trajectory, client_state,
+                       server_state=server_state, timeline=timeline)
 
 
 # ------------------------------------------------------------------------------- one round
@@ -285,63 +359,108 @@ def play_round(setup: Setup, state: State, rnd: int) -> None:
     ``state`` only when all of it succeeded."""
     cfg, alg, dtype, N = setup.cfg, setup.cfg.algorithm, setup.dtype, len(setup.sizes)
     t0 = time.perf_counter()
-    sel, agg_w = select_clients(N, cfg.clients_per_round, setup.p, cfg.sampling, cfg.seed, rnd)
-    steps = setup.steps[sel]
-    T = int(steps.max())
-    lrs = [cfg.lr(rnd, t) for t in range(T)]
-    if callable(cfg.client_lr) and not all(math.isfinite(v) and v > 0 for v in lrs):
-        chk.fail("client_lr", "a schedule returning positive finite learning rates", lrs)
-    lr_sum = torch.tensor([sum(lrs[:s]) for s in steps.tolist()], dtype=dtype)
-    idx, bw, mask = batch_plan(setup.sizes, setup.offsets, sel, steps, cfg.batch_size, cfg.seed, rnd)
+    if setup.clocked is None:
+        sel, agg_w = select_clients(N, cfg.clients_per_round, setup.p, cfg.sampling, cfg.seed, rnd)
+        steps, selected, systems = setup.steps[sel], len(sel), None
+    else:
+        sel, agg_w, steps, selected, systems = _clocked_selection(setup, state, rnd)
+    K = len(sel)  # the clients whose update reaches the server
     x, plan = state.x, setup.plan
-    t_local = [0.0]
+    x_new, server_state, result, up_update, residual, diag, t_local = x, state.server_state, None, 0, None, {}, [0.0]
+    if K:
+        T = int(steps.max())
+        lrs = [cfg.lr(rnd, t) for t in range(T)]
+        if callable(cfg.client_lr) and not all(math.isfinite(v) and v > 0 for v in lrs):
+            chk.fail("client_lr", "a schedule returning positive finite learning rates", lrs)
+        lr_sum = torch.tensor([sum(lrs[:s]) for s in steps.tolist()], dtype=dtype)
+        idx, bw, mask = batch_plan(setup.sizes, setup.offsets, sel, steps, cfg.batch_size, cfg.seed, rnd)
 
-    def train(shift=None, pull=0.0, start=None):
-        if plan.mode == "lora" and (shift is not None or pull):
-            chk.fail("finetune", f"a mode other than 'lora' for {alg.name!r}: its local correction acts on the "
-                     "dense weights, which LoRA clients do not train (try 'ffa_lora')", "lora")
-        t1 = time.perf_counter()
-        if start is None:
-            begin = plan.client_start(x, rnd, lambda i: stream(cfg.seed, rnd, i, LORA))
-            start = {k: v.unsqueeze(0).expand(len(idx), *v.shape) for k, v in begin.items()}
-        setup.trainer.frozen = {**setup.frozen, **{k: v for k, v in x.items() if k in setup.frozen}}
-        out = plan.to_server(setup.trainer(x, idx, bw, mask, lrs, start, shift=shift, pull=pull), x)
-        t_local[0] += time.perf_counter() - t1
-        return out
+        def train(shift=None, pull=0.0, start=None):
+            if plan.mode == "lora" and (shift is not None or pull):
+                chk.fail("finetune", f"a mode other than 'lora' for {alg.name!r}: its local correction acts on "
+                         "the dense weights, which LoRA clients do not train (try 'ffa_lora')", "lora")
+            t1 = time.perf_counter()
+            if start is None:
+                begin = plan.client_start(x, rnd, lambda i: stream(cfg.seed, rnd, i, LORA))
+                start = {k: v.unsqueeze(0).expand(len(idx), *v.shape) for k, v in begin.items()}
+            setup.trainer.frozen = {**setup.frozen, **{k: v for k, v in x.items() if k in setup.frozen}}
+            out = plan.to_server(setup.trainer(x, idx, bw, mask, lrs, start, shift=shift, pull=pull), x)
+            t_local[0] += time.perf_counter() - t1
+            return out
 
-    result = alg.client_update(algs.ClientRound(x, {k: v[sel] for k, v in state.client_state.items()},
-                                                state.server_state, steps, lr_sum, cfg.options, train))
-    K = len(sel)
-    x_new, server_state = alg.server_update(algs.ServerRound(
-        x, state.server_state, result.delta, result.upload, agg_w.to(dtype), setup.p[sel].to(dtype), steps,
-        cfg.server_lr, cfg.options, N, sel, torch.ones(K, dtype=torch.bool)))
-    if not all(bool(torch.isfinite(v).all()) for v in x_new.values()):
-        raise FloatingPointError(f"round {rnd}: the global parameters became NaN or infinite (training "
-                                 f"diverged); try a smaller client_lr (now {lrs[0]:g}) or server_lr")
-    x_new = {k: x_new[k] for k in plan.server}
-    diag = {}
-    if cfg.diagnostics:
-        losses, grads = setup.trainer.objectives(x_new, *setup.full_batch)
-        diag = round_diagnostics(losses, grads, setup.p.to(dtype), result.delta,
-                                 {k: x[k] - x_new[k] for k in x_new})
-    up_extra = sum(v.numel() * v.element_size() for v in result.upload.values())
-    down_extra = sum(server_state[k].numel() * server_state[k].element_size() for k in alg.broadcast) * K
+        result = alg.client_update(algs.ClientRound(x, {k: v[sel] for k, v in state.client_state.items()},
+                                                    state.server_state, steps, lr_sum, cfg.options, train))
+        delta, up_update = result.delta, K * setup.up_bytes
+        if cfg.compression is not None:
+            before = None if state.residual is None else {k: v[sel] for k, v in state.residual.items()}
+            delta, nbytes, residual = cfg.compression.compress(result.delta, before, rnd, sel)
+            up_update = int(nbytes.sum())
+        x_new, server_state = alg.server_update(algs.ServerRound(
+            x, state.server_state, delta, result.upload, agg_w.to(dtype), setup.p[sel].to(dtype), steps,
+            cfg.server_lr, cfg.options, N, sel, torch.ones(K, dtype=torch.bool)))
+        if not all(bool(torch.isfinite(v).all()) for v in x_new.values()):
+            raise FloatingPointError(f"round {rnd}: the global parameters became NaN or infinite (training "
+                                     f"diverged); try a smaller client_lr (now {lrs[0]:g}) or server_lr")
+        x_new = {k: x_new[k] for k in plan.server}
+        if cfg.diagnostics:
+            losses, grads = setup.trainer.objectives(x_new, *setup.full_batch)
+            diag = round_diagnostics(losses, grads, setup.p.to(dtype), delta, {k: x[k] - x_new[k] for k in x_new})
+    up_extra = 0 if result is None else sum(v.numel() * v.element_size() for v in result.upload.values())
+    down_extra = sum(server_state[k].numel() * server_state[k].element_size() for k in alg.broadcast) * selected
     evaluate = rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds
     current = setup.full(x_new) if (cfg.record_params or evaluate) else None
     rows = {c: [] for c in METRIC_COLUMNS}
     if evaluate:
         setup.evaluator(current, rnd, rows)  # raises FloatingPointError on a non-finite metric
     # ---- commit: nothing above changed the state
-    for k, v in result.state.items():
-        state.client_state[k][sel] = v
+    if result is not None:
+        for k, v in result.state.items():
+            state.client_state[k][sel] = v
+    if residual is not None:
+        for k, v in residual.items():
+            state.residual[k][sel] = v
     state.x, state.server_state = x_new, server_state
     for c in METRIC_COLUMNS:
         state.rows[c].extend(rows[c])
-    state.round_rows.append(dict(round=rnd, clients_selected=K, clients_completed=K,
-                                 bytes_up=K * setup.up_bytes + up_extra, bytes_down=K * setup.down_bytes + down_extra,
-                                 trainable_params=setup.trainable_count, **diag))
+    row = dict(round=rnd, clients_selected=selected, clients_completed=K, bytes_up=up_update + up_extra,
+               bytes_down=selected * setup.down_bytes + down_extra, trainable_params=setup.trainable_count, **diag)
+    if systems is not None:
+        state.sys, timeline, extra = systems
+        state.timeline.extend(timeline)
+        row.update(extra)
+    state.round_rows.append(row)
     if cfg.record_params:
         state.trajectory.append(current)
+    T = int(steps.max()) if K else 0
     state.timing_rows.append(dict(round=rnd, seconds=time.perf_counter() - t0, local_seconds=t_local[0],
-                                  seconds_per_step=t_local[0] / T))
+                                  seconds_per_step=t_local[0] / T if T else math.nan))
     state.completed = rnd
+
+
+def _clocked_selection(setup: Setup, state: State, rnd: int):
+    """Selection among the available clients and the round on the virtual clock: the clients that
+    complete (with their steps done) and their renormalised weights, and what to record."""
+    from .clocked import timeline_rows
+    cfg, ck, N = setup.cfg, setup.clocked, len(setup.sizes)
+    sys_new = {"virtual_time": state.sys["virtual_time"], "energy": state.sys["energy"].copy(),
+               "previous": state.sys["previous"]}
+    avail = ck.available(rnd, sys_new)
+    n_avail = int(avail.sum())
+    target = min(cfg.clients_per_round or N, n_avail)
+    pick = None if cfg.clients_per_round is None else ck.over_selected(target, n_avail)
+    sel, agg_w = select_clients(N, pick, setup.p, cfg.sampling, cfg.seed, rnd, available=torch.as_tensor(avail))
+    clients = sel.numpy()
+    rc = ck.play(rnd, clients, setup.steps[sel].numpy(), keep=target)
+    done = torch.as_tensor(rc.completed, dtype=torch.bool)
+    energy = ck.watts[clients] * rc.busy
+    sys_new["energy"][clients] += energy
+    timeline = timeline_rows(rnd, clients, rc, start=state.sys["virtual_time"])
+    sys_new["virtual_time"] = state.sys["virtual_time"] + rc.round_time
+    extra = dict(virtual_time=sys_new["virtual_time"], round_time=rc.round_time, clients_available=n_avail,
+                 clients_dropped=int((rc.outcome == "dropped").sum()), clients_late=int((rc.outcome == "late").sum()),
+                 energy_j=float(energy.sum()))
+    w = agg_w[done]
+    if len(w) and not bool(done.all()):  # renormalised over the clients that complete
+        w = w * (agg_w.sum() / w.sum())
+    steps = torch.as_tensor(rc.steps_done, dtype=torch.long)[done]
+    return sel[done], w, steps, len(sel), (sys_new, timeline, extra)

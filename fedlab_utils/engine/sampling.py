@@ -11,7 +11,8 @@ from .._core.random import BATCH, SAMPLE, stream
 SAMPLING = ("uniform", "li_scheme_1", "li_scheme_2")
 
 
-def select_clients(num_clients: int, k: int | None, p: torch.Tensor, sampling: str, seed: int, rnd: int):
+def select_clients(num_clients: int, k: int | None, p: torch.Tensor, sampling: str, seed: int, rnd: int,
+                   available=None):
     """Clients of round ``rnd`` and their aggregation weights.
 
     - full participation (``k`` None): every client, weights p_i.
@@ -20,7 +21,19 @@ def select_clients(num_clients: int, k: int | None, p: torch.Tensor, sampling: s
       (a client drawn twice counts twice).
     - ``li_scheme_2`` (Scheme II): k uniform without replacement, weights p_i N / k (unbiased; they
       sum to 1 only for balanced p).
+
+    ``available`` (a bool mask over the clients, from a systems simulation) restricts the draw to
+    the available clients (all of them when fewer than k are available; N becomes their number
+    and p_i is renormalised over them); all available is exactly the draw without it.
     """
+    if available is not None and not bool(torch.as_tensor(available).all()):
+        candidates = torch.as_tensor(available).nonzero().flatten()
+        if len(candidates) == 0:
+            return candidates, p[:0].clone()
+        q = p[candidates] / p[candidates].sum()
+        k = None if k is None else min(k, len(candidates))
+        sel, w = select_clients(len(candidates), k, q, sampling, seed, rnd)
+        return candidates[sel], w
     if k is None or (k == num_clients and sampling != "li_scheme_1"):
         return torch.arange(num_clients), p.clone()
     g = stream(seed, rnd, SAMPLE)
