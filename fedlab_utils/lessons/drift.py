@@ -476,7 +476,8 @@ def li_sweep(param: str, values, *, dataset: str = "wine", num_clients: int = 10
 
 
 def decay_experiment(federation, model, *, l2: float = 0.1, client_lr: float = 0.5, local_steps: int = 10,
-                     num_rounds: int = 60, weights: str = "uniform", decay: float | None = None) -> pd.DataFrame:
+                     num_rounds: int = 60, weights: str = "uniform", decay: float | None = None,
+                     every: int | None = None) -> pd.DataFrame:
     """Li et al. 2020 (ICLR), Sec. 3.4 (necessity of learning-rate decay), measured with full-batch
     FedAvg (no gradient noise, so only drift is left):
 
@@ -488,7 +489,9 @@ def decay_experiment(federation, model, *, l2: float = 0.1, client_lr: float = 0
 
     The E = 1 run takes E times as many rounds, so all three do the same number of local
     iterations. Long form ``setting, round, iteration, value`` (value = F(w_t) - F*, from the runs'
-    diagnostics), at every E-th iteration.
+    diagnostics; ``round`` = the run's own communication rounds, iteration / its local steps) at
+    every ``every``-th local iteration (default E: the iterations all three runs share; ``every=1``
+    keeps every round of the E = 1 run, for a comparison per round).
     """
 
     E = chk.integer("local_steps", local_steps, low=2)
@@ -496,6 +499,7 @@ def decay_experiment(federation, model, *, l2: float = 0.1, client_lr: float = 0
     lr = chk.real("client_lr", client_lr, low=0, low_open=True)
     c = cv.constants(model, federation, "cross_entropy", l2, weights)
     decay = c.mu / 2 if decay is None else chk.real("decay", decay, low=0, low_open=True)
+    every = E if every is None else chk.integer("every", every, low=1)
     F0 = cv.objective(model, {k: v.detach() for k, v in model.named_parameters()}, federation,
                       "cross_entropy", l2, weights)
     frames = []
@@ -508,6 +512,7 @@ def decay_experiment(federation, model, *, l2: float = 0.1, client_lr: float = 0
                    batch_size=None, weights=weights, l2=l2, diagnostics=True, eval_every=rounds, progress=False)
         gap = np.concatenate([[F0], hist.rounds["global_loss"].to_numpy()]) - c.F_star
         it = np.arange(rounds + 1) * steps
-        frames.append(pd.DataFrame({"setting": label, "round": it // E, "iteration": it, "value": gap}))
+        frames.append(pd.DataFrame({"setting": label, "round": np.arange(rounds + 1), "iteration": it,
+                                    "value": gap}))
     df = pd.concat(frames, ignore_index=True)
-    return df[df["iteration"] % E == 0].reset_index(drop=True)
+    return df[df["iteration"] % every == 0].reset_index(drop=True)

@@ -258,6 +258,21 @@ def test_li_sweep_and_decay(wine):
     assert gd[-1] < 1e-5 * gd[0]                      # E = 1: gradient descent converges linearly
     assert abs(const[-1] / const[-2] - 1) < 0.01       # E > 1, constant rate: a floor
     assert decay[-1] < 0.9 * decay[-2] and decay[-1] < const[-1]   # decaying rate: still going down
+    # ``round`` counts each run's own rounds: E = 1 does E times as many for the same iterations
+    rounds = dec.groupby("setting", sort=False)["round"].max().tolist()
+    assert rounds == [120, 15, 15]
+    # every=1 keeps every round of the E = 1 run; the shared iterations are the same numbers
+    full = drift.decay_experiment(fed, model, client_lr=0.3, local_steps=8, num_rounds=15, every=1)
+    gd_rows = full[full["setting"] == dec["setting"].iloc[0]]
+    np.testing.assert_array_equal(gd_rows["iteration"], np.arange(121))
+    np.testing.assert_array_equal(gd_rows["round"], np.arange(121))
+    shared = full[full["iteration"] % 8 == 0].reset_index(drop=True)
+    pd.testing.assert_frame_equal(shared, dec)
+    # per round, E = 8 with a constant rate is ahead of gradient descent at first (eight steps a round)
+    e8 = full[full["setting"] == dec["setting"].unique()[1]].set_index("round")["value"]
+    assert e8[1] < gd_rows.set_index("round")["value"][1]
+    with pytest.raises(ValueError, match="every"):
+        drift.decay_experiment(fed, model, local_steps=8, num_rounds=2, every=0)
 
 
 # ------------------------------------------------------------------ plots

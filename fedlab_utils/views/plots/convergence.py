@@ -3,16 +3,25 @@
 Each ``plot_*(df, *, ax=None, ...)`` takes a long-form DataFrame from ``flu.drift`` /
 ``flu.convergence`` and returns the Axes; nothing is computed beyond pivoting. Colours come
 from ``flu.plots.method_color`` (one colour per method or setting across the workbook); theory
-curves are dashed over the solid measured ones, in the same colour.
+curves are dashed and drawn on top of the solid measured ones, in the same colour, and the legend
+says which line style is which.
 """
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+from matplotlib import ticker
+from matplotlib.lines import Line2D
 import numpy as np
 import pandas as pd
 
 from ..._core import checks as chk
 from .base import _axes, _need, method_color
+
+#: measured curves: solid, a little transparent, under the theory; theory: dashed, opaque, on top
+MEASURED_STYLE = dict(ls="-", lw=1.8, alpha=0.55, zorder=2)
+THEORY_STYLE = dict(ls=(0, (5, 2.5)), lw=1.7, alpha=1.0, zorder=3)
+#: markers telling the settings of one panel apart when their curves lie close together
+SETTING_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 LANDMARK_STYLE = {
     "client optimum": dict(marker="o", color="#555555", s=45, zorder=5),
@@ -100,50 +109,114 @@ def plot_trajectories(traj: pd.DataFrame, *, ax=None, hue: str = "method", marke
 
 
 def plot_distance(traj: pd.DataFrame, *, theory: pd.DataFrame | None = None, y: str = "dist", hue: str = "method",
-                  ax=None, logy: bool = True):
+                  ax=None, logy: bool = True, legend: bool | None = None):
     """``y`` (e.g. ||w_t - fixed point||) per round, one solid line per ``hue`` group; ``theory``
-    (columns ``hue, round, value``, e.g. C rho^t) dashed in the same colours."""
+    (columns ``hue, round, value``, e.g. C rho^t) dashed in the same colours, drawn on top
+    (``THEORY_STYLE``; the measured lines under them are a little transparent, ``MEASURED_STYLE``).
+    ``legend`` (default: when ``theory`` is given) names the groups and the two line styles,
+    "measured" and "theory $C\\rho^t$"."""
     _need(traj, "traj", [hue, "round", y])
     ax = _axes(ax, (6, 4))
+    handles, labels = [], []
+    style = MEASURED_STYLE if theory is not None else {**MEASURED_STYLE, "alpha": 1.0}   # faded only under theory
     for name, g in traj.groupby(hue, sort=False):
         g = g[g[y] > 0] if logy else g          # exact zeros (already at the point) have no log
-        ax.plot(g["round"], g[y], color=method_color(name), lw=1.8, label=str(name))
+        color = method_color(name)
+        ax.plot(g["round"], g[y], color=color, label=str(name), **style)
+        handles.append(Line2D([], [], color=color, lw=MEASURED_STYLE["lw"]))
+        labels.append(str(name))
     if theory is not None:
         _need(theory, "theory", [hue, "round", "value"])
         for name, g in theory.groupby(hue, sort=False):
             g = g[g["value"] > 0] if logy else g
-            ax.plot(g["round"], g["value"], color=method_color(name), lw=1.4, ls="--")
+            ax.plot(g["round"], g["value"], color=method_color(name), label="_theory", **THEORY_STYLE)
     if logy and any(line.get_xydata().size for line in ax.get_lines()):
         ax.set_yscale("log")
     ax.set(xlabel="round", ylabel=y.replace("_", " "))
+    if legend if legend is not None else theory is not None:
+        handles += [Line2D([], [], color="gray", ls=MEASURED_STYLE["ls"], lw=MEASURED_STYLE["lw"])]
+        labels += ["measured"]
+        if theory is not None:
+            handles += [Line2D([], [], color="gray", ls=THEORY_STYLE["ls"], lw=THEORY_STYLE["lw"])]
+            labels += [r"theory $C\rho^t$"]
+        ax.legend(handles, labels, fontsize="small")
     return ax
 
 
+def _log_ticks(axis) -> None:
+    """Major ticks at 1, 2, 5 x 10^k labelled as plain numbers (iterations, rounds), minor ticks
+    unlabelled: matplotlib's default labels the minor ticks of an axis spanning under a decade,
+    and those labels ("2x10^1 3x10^1 4x10^1") run into each other."""
+    axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_locator(ticker.LogLocator(base=10, subs=np.arange(2, 10) * 1.0))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def coinciding(df: pd.DataFrame, *, x: str = "iteration", hue: str = "setting", kind: str = "measured",
+               rtol: float = 1e-9) -> list:
+    """Groups of ``hue`` values whose ``kind`` curves coincide: the same ``x`` values and ``value``
+    equal to ``rtol``. A list of lists of names (each with at least two), in order of appearance."""
+    _need(df, "df", [x, "kind", "value", hue])
+    curves = []
+    for name, g in df[df["kind"] == kind].groupby(hue, sort=False):
+        g = g.sort_values(x)
+        curves.append((name, g[x].to_numpy(dtype=float), g["value"].to_numpy(dtype=float)))
+    groups, seen = [], set()
+    for i, (a, xa, va) in enumerate(curves):
+        if a in seen:
+            continue
+        same = [a] + [b for b, xb, vb in curves[i + 1:] if b not in seen and xb.shape == xa.shape
+                      and np.array_equal(xa, xb) and np.allclose(va, vb, rtol=rtol, atol=0)]
+        if len(same) > 1:
+            groups.append(same)
+            seen.update(same)
+    return groups
+
+
 def plot_suboptimality(df: pd.DataFrame, *, x: str = "iteration", hue: str | None = "setting", ax=None,
-                       loglog: bool = True, legend: bool = True):
+                       loglog: bool = True, legend: bool = True, markers: bool | None = None):
     """F(w_t) - F* against ``x`` (``iteration`` = local SGD steps t, or ``round``): rows of ``kind``
     ``"measured"`` solid, ``"bound"`` dashed in the same colour (:func:`flu.drift.li_experiment`,
-    :func:`flu.drift.li_sweep`). Round 0 is left out on log axes."""
+    :func:`flu.drift.li_sweep`). Round 0 is left out on log axes.
+
+    ``markers`` (default: when there are several ``hue`` groups) gives each group its own marker
+    (``SETTING_MARKERS``, filled on the measured curve, hollow on the bound, staggered along the
+    line), so that curves lying on top of each other stay distinguishable; measured curves that
+    coincide exactly (:func:`coinciding`) get a note "curves coincide: ..." in the corner. A log
+    ``x`` axis is labelled at 1, 2, 5 x 10^k only."""
     _need(df, "df", [x, "kind", "value", hue])
     ax = _axes(ax, (6, 4))
     groups = [(None, df)] if hue is None else list(df.groupby(hue, sort=False))
     colors = group_colors([name for name, _ in groups])
-    for (name, g), color in zip(groups, colors):
+    markers = len(groups) > 1 if markers is None else bool(markers)
+    handles, labels = [], []
+    for k, ((name, g), color) in enumerate(zip(groups, colors)):
+        marker = SETTING_MARKERS[k % len(SETTING_MARKERS)] if markers else None
+        mark = dict(marker=marker, ms=5, markevery=(0.03 + 0.04 * k / max(len(groups), 1), 0.12)) if markers else {}
         for kind, ls, lw in (("measured", "-", 1.8), ("bound", "--", 1.4)):
             s = g[g["kind"] == kind].sort_values(x)
             if loglog:
                 s = s[(s[x] > 0) & (s["value"] > 0)]
             if len(s):
-                lab = None if name is None else str(name)
-                ax.plot(s[x], s["value"], ls=ls, lw=lw, color=color,
-                        label=(lab if kind == "measured" else None))
+                hollow = dict(markerfacecolor="white") if (markers and kind == "bound") else {}
+                ax.plot(s[x], s["value"], ls=ls, lw=lw, color=color, **mark, **hollow,
+                        label=(None if name is None or kind != "measured" else str(name)))
+        if name is not None:
+            handles.append(Line2D([], [], color=color, ls="-", lw=1.8, marker=marker, ms=5))
+            labels.append(str(name))
     if loglog:
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _log_ticks(ax.xaxis)
     ax.set(xlabel="local iterations $t$" if x == "iteration" else x, ylabel="$F(w_t) - F^*$")
+    if hue is not None and len(groups) > 1:
+        same = coinciding(df, x=x, hue=hue)
+        if same:
+            ax.text(0.02, 0.02, "\n".join("curves coincide: " + " = ".join(map(str, grp)) for grp in same),
+                    transform=ax.transAxes, fontsize="small", va="bottom", ha="left",
+                    bbox=dict(boxstyle="round", fc="white", ec="0.7", alpha=0.9))
     if legend and hue is not None:
-        from matplotlib.lines import Line2D
-        handles, labels = ax.get_legend_handles_labels()
         if (df["kind"] == "bound").any():
             handles += [Line2D([], [], color="gray", ls="-"), Line2D([], [], color="gray", ls="--")]
             labels += ["measured", "bound (theory)"]
