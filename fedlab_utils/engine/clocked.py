@@ -57,19 +57,20 @@ class Clocked:
         n = sizes.numpy().astype(np.int64)
         batch = n if cfg.batch_size is None else np.minimum(cfg.batch_size, n)
         b = int(cfg.batch_size or n.max())
-        full = ft.cost(model, "full", input_shape=input_shape, batch_size=b)
-        mine = full if cfg.finetune == "full" else ft.cost(model, cfg.finetune, input_shape=input_shape, batch_size=b,
-                                                           **cfg.finetune_options)
-        need_mb = mine["memory_bytes"] / 2 ** 20
-        short = np.flatnonzero(col["memory_mb"] < need_mb)
-        if len(short):
-            chk.fail("finetune", f"a mode that fits every client's memory: {cfg.finetune!r} needs about "
-                     f"{need_mb:.1f} MB and client {int(short[0])} has {col['memory_mb'][short[0]]:g} MB "
-                     f"(try flu.systems.assign_modes or a lighter mode)", cfg.finetune)
-        cost = np.full(N, mine["flops_step"] / full["flops_step"])
+        modes = list(cfg.modes) if cfg.finetune == "mixed" else [cfg.finetune] * N
+        costs = {}
+        for m in dict.fromkeys(["full", *modes]):
+            opts = {k: v for k, v in cfg.finetune_options.items() if k in ft.OPTIONS.get(m, {})}
+            costs[m] = ft.cost(model, m, input_shape=input_shape, batch_size=b, **opts)
+        for client, (m, mem) in enumerate(zip(modes, col["memory_mb"])):
+            need_mb = costs[m]["memory_bytes"] / 2 ** 20
+            if mem < need_mb:
+                chk.fail("finetune", f"a mode that fits every client's memory: {m!r} needs about {need_mb:.3g} MB "
+                         f"and client {client} has {mem:g} MB (try flu.systems.assign_modes or a lighter mode)", m)
+        cost = np.array([costs[m]["flops_step"] / costs["full"]["flops_step"] for m in modes])
         out = cls(sim, col["samples_per_s"], col["download_mbps"], col["upload_mbps"], col["latency_s"],
                   col["dropout"], col["watts"], col["energy_budget_j"], batch, cost, int(bytes_down),
-                  np.full(N, int(bytes_up), dtype=np.int64))
+                  np.broadcast_to(np.asarray(bytes_up, dtype=np.int64), (N,)).copy())
         out._check_deadline(np.asarray(cfg.local_steps))
         return out
 

@@ -48,7 +48,7 @@ class RunConfig:
     weights: str
     loss: str
     l2: float
-    finetune: str
+    finetune: str                 # one mode, or "mixed" with one mode per client in ``modes``
     finetune_options: dict
     eval_every: int
     backend: str
@@ -64,6 +64,7 @@ class RunConfig:
     model_name: str
     federation_name: str
     fingerprint: str              # of the model's initial parameters and the federation's data
+    modes: tuple = ()             # one mode per client when finetune == "mixed"
 
     def lr(self, rnd: int, step: int) -> float:
         return float(self.client_lr(rnd, step)) if callable(self.client_lr) else float(self.client_lr)
@@ -78,7 +79,8 @@ class RunConfig:
             client_lr=getattr(self.client_lr, "__name__", repr(self.client_lr)) if callable(self.client_lr)
             else self.client_lr,
             batch_size=self.batch_size, server_lr=self.server_lr, clients_per_round=self.clients_per_round,
-            sampling=self.sampling, weights=self.weights, loss=self.loss, l2=self.l2, finetune=self.finetune,
+            sampling=self.sampling, weights=self.weights, loss=self.loss, l2=self.l2,
+            finetune=list(self.modes) if self.finetune == "mixed" else self.finetune,
             systems=_describe(self.systems), privacy=None, compression=_describe(self.compression),
             eval_every=self.eval_every, backend=self.backend,
             record_params=self.record_params, diagnostics=self.diagnostics, progress=self.progress,
@@ -189,18 +191,22 @@ def configure(model, federation, *, algorithm, num_rounds, local_steps, client_l
         from ..systems.compression import Compression
         if not isinstance(compression, Compression):
             raise TypeError(f"compression must be an flu.systems.Compression or None, got {type(compression).__name__}")
-        if finetune == "lora" and compression.method != "none":
+        if not isinstance(finetune, str) and len(set(finetune)) > 1 and compression.method != "none":
+            chk.fail("compression", "None with one fine-tuning mode per client (compare the two instead: both cut "
+                     "bytes)", compression.method)
+        lora = finetune == "lora" if isinstance(finetune, str) else "lora" in finetune
+        if lora and compression.method != "none":
             chk.fail("compression", "None with finetune='lora' (its clients upload factors, not the dense update "
                      "the server merges; compress with finetune='ffa_lora')", compression.method)
     if privacy is not None:
         chk.fail("privacy", "None (differential privacy is not built yet; docs/architecture.md, 'What comes next')",
                  privacy)
-    mode = finetune
-    if not isinstance(mode, str):
-        chk.fail("finetune", f"one mode name of {list(ft.MODES)}", mode)
-    alg_values, ft_values = _route(options, alg, mode)
+    mode, modes = _modes(finetune, N)
+    alg_values, ft_values = _route(options, alg, modes)
     opts = alg.configure(**alg_values)
-    ft_options = ft.resolve_options(mode, **ft_values)
+    ft_options = {}
+    for m in dict.fromkeys(modes):
+        ft_options.update(ft.resolve_options(m, **{k: v for k, v in ft_values.items() if k in ft.OPTIONS.get(m, {})}))
     server_lr = alg.default_server_lr if server_lr is None else chk.real("server_lr", server_lr, low=0,
                                                                          low_open=True)
     checkpoint, resume = _path("checkpoint", checkpoint), _path("resume", resume)
@@ -226,7 +232,8 @@ def configure(model, federation, *, algorithm, num_rounds, local_steps, client_l
         systems=systems, compression=compression,
         model_name=f"{getattr(model, 'name', type(model).__name__)} "
                    f"({sum(p.numel() for p in model.parameters())} parameters)",
-        federation_name=repr(federation), fingerprint=fingerprint(model, federation))
+        federation_name=repr(federation), fingerprint=fingerprint(model, federation),
+        modes=modes if mode == "mixed" else ())
 
 
 def _flag(name, value) -> bool:
@@ -235,14 +242,34 @@ def _flag(name, value) -> bool:
     return bool(value)
 
 
-def _route(options: dict, alg: algs.Algorithm, mode: str) -> tuple[dict, dict]:
+def _modes(finetune, N) -> tuple[str, tuple]:
+    """``(mode, modes)``: one mode for everyone, or ``("mixed", one mode per client)``; a list
+    whose modes are all equal is that one mode (the same run, bit for bit)."""
+    if isinstance(finetune, str):
+        return finetune, (finetune,)
+    if not isinstance(finetune, (list, tuple)):
+        raise TypeError(f"finetune must be a mode name or a list of them (one per client), "
+                        f"got {type(finetune).__name__}")
+    if len(finetune) != N:
+        chk.fail("finetune", f"one mode per client ({N} modes)", f"a list of {len(finetune)}")
+    for i, m in enumerate(finetune):
+        if not isinstance(m, str) or m not in ft.MODES:
+            chk.fail(f"finetune[{i}]", f"one of {list(ft.MODES)}", m)
+    modes = tuple(finetune)
+    if len(set(modes)) == 1:
+        return modes[0], modes[:1]
+    return "mixed", modes
+
+
+def _route(options: dict, alg: algs.Algorithm, modes: tuple) -> tuple[dict, dict]:
     """Split ``flu.run``'s extra keywords between the algorithm and the fine-tuning mode.
 
     A name the mode takes (``num_layers`` for ``last_layers``, ``lora_rank`` for the LoRA modes)
     goes to the mode, any other to the algorithm; a name both claim is ambiguous, a name neither
     takes is unknown: both are errors.
     """
-    mode_names = set(ft.OPTIONS.get(mode, {}))
+    mode_names = {k for m in modes for k in ft.OPTIONS.get(m, {})}
+    mode = modes[0] if len(set(modes)) == 1 else "mixed"
     alg_names = set(alg.options.names())
     alg_values, ft_values = {}, {}
     for key, value in options.items():

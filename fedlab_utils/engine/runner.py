@@ -30,7 +30,7 @@ from .._core import checks as chk
 from .._core.random import LORA, stream
 from .._core.runtime import tune_allocator
 from ..models import finetune as ft
-from . import checks
+from . import checks, mixed
 from .config import RESUMABLE, RunConfig, configure
 from .diagnostics import round_diagnostics
 from .evaluate import Evaluator
@@ -156,11 +156,14 @@ class Setup:
     full_batch: tuple | None  # (idx, w) of every client's full batch, for diagnostics
     clocked: object = None    # the virtual clock (engine.clocked.Clocked) with systems=
     upload_extra: int = 0     # bytes each client uploads besides its update (control variates, ...)
+    groups: list | None = None  # one group of clients per fine-tuning mode with finetune=[...] (engine.mixed)
 
     @classmethod
     def build(cls, cfg: RunConfig, model, federation) -> "Setup":
         checks.check_replayable(model)
-        plan = ft.prepare(model, cfg.finetune, seed=cfg.seed, **cfg.finetune_options)
+        mixed_modes = cfg.finetune == "mixed"
+        plan = ft.prepare(model, "full" if mixed_modes else cfg.finetune, seed=cfg.seed,
+                          **({} if mixed_modes else cfg.finetune_options))
         params = {k: v.detach().clone() for k, v in plan.model.named_parameters()}
         if not params:
             chk.fail("model", "a module with parameters", type(model).__name__)
@@ -190,13 +193,27 @@ class Setup:
                     Evaluator(copy.deepcopy(model), federation, dtype, cfg.loss, not Y.is_floating_point()),
                     sum(nbytes[k] for k in trainable), sum(nbytes[k] for k in plan.server),
                     sum(params[k].numel() for k in trainable), full_batch)
+        if mixed_modes:
+            mixed.check(list(cfg.modes), cfg.algorithm, cfg.options, {k: params[k] for k in plan.server})
+            setup.groups = mixed.build(list(cfg.modes), model, params, X, Y, cfg.loss, cfg.l2, cfg.backend, cfg.seed,
+                                       cfg.finetune_options)
+            for g in setup.groups:
+                g.trainer.chunk = trainer.chunk
+            setup.down_bytes = mixed.download_bytes(setup.groups, params)
+            union = {k: v for g in setup.groups for k, v in g.plan.model.named_parameters() if k in g.plan.trainable}
+            setup.trainable_count = sum(v.numel() for v in union.values())
         if cfg.systems is not None:
             from .clocked import Clocked
             setup.upload_extra = _upload_extra(cfg, setup)
+            if setup.groups is None:
+                up = setup.update_bytes() + setup.upload_extra
+            else:
+                up = torch.zeros(len(sizes), dtype=torch.long)
+                for g in setup.groups:
+                    up[g.members] = g.up_bytes + setup.upload_extra
             setup.clocked = Clocked.build(cfg.systems, cfg=cfg, model=model, sizes=sizes,
                                           input_shape=tuple(X.shape[1:]), bytes_down=setup.down_bytes
-                                          + setup.broadcast_bytes(), bytes_up=setup.update_bytes()
-                                          + setup.upload_extra)
+                                          + setup.broadcast_bytes(), bytes_up=up)
         return setup
 
     def broadcast_bytes(self) -> int:
@@ -376,6 +393,11 @@ def play_round(setup: Setup, state: State, rnd: int) -> None:
         idx, bw, mask = batch_plan(setup.sizes, setup.offsets, sel, steps, cfg.batch_size, cfg.seed, rnd)
 
         def train(shift=None, pull=0.0, start=None):
+            if setup.groups is not None:
+                t1 = time.perf_counter()
+                out = mixed.train(setup.groups, x, sel, idx, bw, mask, lrs, rnd, cfg.seed, pull)
+                t_local[0] += time.perf_counter() - t1
+                return out
             if plan.mode == "lora" and (shift is not None or pull):
                 chk.fail("finetune", f"a mode other than 'lora' for {alg.name!r}: its local correction acts on "
                          "the dense weights, which LoRA clients do not train (try 'ffa_lora')", "lora")
@@ -391,9 +413,12 @@ def play_round(setup: Setup, state: State, rnd: int) -> None:
         result = alg.client_update(algs.ClientRound(x, {k: v[sel] for k, v in state.client_state.items()},
                                                     state.server_state, steps, lr_sum, cfg.options, train))
         delta, up_update = result.delta, K * setup.up_bytes
+        if setup.groups is not None:  # each parameter averaged over the clients that trained it
+            delta = mixed.rescale(delta, sel, agg_w.to(dtype), setup.groups)
+            up_update = mixed.upload_bytes(setup.groups, sel)
         if cfg.compression is not None:
             before = None if state.residual is None else {k: v[sel] for k, v in state.residual.items()}
-            delta, nbytes, residual = cfg.compression.compress(result.delta, before, rnd, sel)
+            delta, nbytes, residual = cfg.compression.compress(delta, before, rnd, sel)
             up_update = int(nbytes.sum())
         x_new, server_state = alg.server_update(algs.ServerRound(
             x, state.server_state, delta, result.upload, agg_w.to(dtype), setup.p[sel].to(dtype), steps,
