@@ -185,8 +185,6 @@ def configure(model, federation, *, algorithm, num_rounds, local_steps, client_l
         from ..systems.simulation import Simulation
         if not isinstance(systems, Simulation):
             raise TypeError(f"systems must be an flu.systems.Simulation or None, got {type(systems).__name__}")
-        if systems.aggregation != "sync":
-            chk.fail("systems.aggregation", "'sync' (FedAsync and FedBuff are not built yet)", systems.aggregation)
     if compression is not None:
         from ..systems.compression import Compression
         if not isinstance(compression, Compression):

@@ -30,7 +30,7 @@ from .._core import checks as chk
 from .._core.random import LORA, stream
 from .._core.runtime import tune_allocator
 from ..models import finetune as ft
-from . import checks, mixed
+from . import asynchronous, checks, mixed
 from .config import RESUMABLE, RunConfig, configure
 from .diagnostics import round_diagnostics
 from .evaluate import Evaluator
@@ -158,6 +158,10 @@ class Setup:
     upload_extra: int = 0     # bytes each client uploads besides its update (control variates, ...)
     groups: list | None = None  # one group of clients per fine-tuning mode with finetune=[...] (engine.mixed)
 
+    @property
+    def asynchronous(self) -> bool:
+        return self.cfg.systems is not None and self.cfg.systems.aggregation != "sync"
+
     @classmethod
     def build(cls, cfg: RunConfig, model, federation) -> "Setup":
         checks.check_replayable(model)
@@ -202,6 +206,8 @@ class Setup:
             setup.down_bytes = mixed.download_bytes(setup.groups, params)
             union = {k: v for g in setup.groups for k, v in g.plan.model.named_parameters() if k in g.plan.trainable}
             setup.trainable_count = sum(v.numel() for v in union.values())
+        if cfg.systems is not None and cfg.systems.aggregation != "sync":
+            asynchronous.check(cfg)
         if cfg.systems is not None:
             from .clocked import Clocked
             setup.upload_extra = _upload_extra(cfg, setup)
@@ -302,7 +308,9 @@ class State:
         N = len(setup.sizes)
         state = cls(setup, x, cfg.algorithm.init_server(x, cfg.options),
                     {k: v.unsqueeze(0).repeat(N, *[1] * v.dim()) for k, v in template.items()})
-        if setup.clocked is not None:
+        if setup.asynchronous:
+            state.sys = asynchronous.start_state(N)
+        elif setup.clocked is not None:
             state.sys = {"virtual_time": 0.0, "energy": np.zeros(N), "previous": None}
         comp = cfg.compression
         if comp is not None and comp.method == "topk" and comp.error_feedback:
@@ -334,7 +342,9 @@ class State:
         client_state = {k: v for k, v in hist.client_state.items() if not k.startswith(RESIDUAL)}
         residual = {k[len(RESIDUAL):]: v for k, v in hist.client_state.items() if k.startswith(RESIDUAL)} or None
         sys = None
-        if setup.clocked is not None:
+        if setup.asynchronous:
+            sys = asynchronous.restore(saved["systems"])
+        elif setup.clocked is not None:
             saved_sys = saved.get("systems") or {}
             previous = saved_sys.get("previous")
             sys = {"virtual_time": float(saved_sys.get("virtual_time", 0.0)),
@@ -354,11 +364,14 @@ class State:
                 v.copy_(final[k])
         server_state = {"round": self.completed, "params": dict(self.x), "algorithm": dict(self.server_state)}
         timeline = None
-        if self.sys is not None:
+        if self.sys is not None and setup.asynchronous:
+            server_state["systems"] = asynchronous.portable(self.sys)
+        elif self.sys is not None:
             previous = self.sys["previous"]
             server_state["systems"] = {"virtual_time": float(self.sys["virtual_time"]),
                                        "energy": torch.as_tensor(self.sys["energy"], dtype=torch.float64),
                                        "previous": None if previous is None else torch.as_tensor(previous)}
+        if self.sys is not None:
             from .clocked import TIMELINE_COLUMNS
             timeline = pd.DataFrame(self.timeline, columns=TIMELINE_COLUMNS)
         client_state = dict(self.client_state)
@@ -376,6 +389,8 @@ def play_round(setup: Setup, state: State, rnd: int) -> None:
     ``state`` only when all of it succeeded."""
     cfg, alg, dtype, N = setup.cfg, setup.cfg.algorithm, setup.dtype, len(setup.sizes)
     t0 = time.perf_counter()
+    if setup.asynchronous:
+        return _play_async(setup, state, rnd, t0)
     if setup.clocked is None:
         sel, agg_w = select_clients(N, cfg.clients_per_round, setup.p, cfg.sampling, cfg.seed, rnd)
         steps, selected, systems = setup.steps[sel], len(sel), None
@@ -459,6 +474,35 @@ def play_round(setup: Setup, state: State, rnd: int) -> None:
     T = int(steps.max()) if K else 0
     state.timing_rows.append(dict(round=rnd, seconds=time.perf_counter() - t0, local_seconds=t_local[0],
                                   seconds_per_step=t_local[0] / T if T else math.nan))
+    state.completed = rnd
+
+
+def _play_async(setup: Setup, state: State, rnd: int, t0: float) -> None:
+    """One server update of FedAsync or FedBuff (engine.asynchronous); commits like a round."""
+    cfg = setup.cfg
+    update, counts, timeline, sys_new = asynchronous.next_update(setup, state, rnd)
+    x_new = asynchronous.apply(state.x, update, cfg.server_lr)
+    if not all(bool(torch.isfinite(v).all()) for v in x_new.values()):
+        raise FloatingPointError(f"round {rnd}: the global parameters became NaN or infinite (training "
+                                 "diverged); try a smaller client_lr or server_lr")
+    evaluate = rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds
+    current = setup.full(x_new) if (cfg.record_params or evaluate) else None
+    rows = {c: [] for c in METRIC_COLUMNS}
+    if evaluate:
+        setup.evaluator(current, rnd, rows)
+    # ---- commit
+    state.x, state.sys = x_new, sys_new
+    for c in METRIC_COLUMNS:
+        state.rows[c].extend(rows[c])
+    state.timeline.extend(timeline)
+    state.round_rows.append(dict(round=rnd, clients_selected=counts.pop("clients_selected"),
+                                 clients_completed=counts.pop("clients_completed"), bytes_up=counts.pop("bytes_up"),
+                                 bytes_down=counts.pop("bytes_down"), trainable_params=setup.trainable_count,
+                                 **counts))
+    if cfg.record_params:
+        state.trajectory.append(current)
+    state.timing_rows.append(dict(round=rnd, seconds=time.perf_counter() - t0, local_seconds=math.nan,
+                                  seconds_per_step=math.nan))
     state.completed = rnd
 
 

@@ -138,8 +138,9 @@ def test_deadline_and_memory_are_checked_before_round_0():
         flu.run(model(), fed, systems=Simulation(profiles=table(), policy="deadline", deadline=0.01), **ARGS)
     with pytest.raises(ValueError, match="finetune.*client 1"):
         flu.run(model(), fed, systems=Simulation(profiles=table(memory_mb=[512.0, 1e-6, 512.0])), **ARGS)
-    with pytest.raises(ValueError, match="aggregation"):
-        flu.run(model(), fed, systems=Simulation(profiles=table(), aggregation="fedbuff", buffer_size=2), **ARGS)
+    with pytest.raises(ValueError, match="algorithm"):
+        flu.run(model(), fed, systems=Simulation(profiles=table(), aggregation="fedbuff", buffer_size=2),
+                **{**ARGS, "algorithm": "scaffold"})
 
 
 @pytest.mark.parametrize("comp", [Compression("none"), Compression("topk", fraction=1.0)])
