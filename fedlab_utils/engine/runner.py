@@ -198,29 +198,38 @@ class Setup:
                     sum(nbytes[k] for k in trainable), sum(nbytes[k] for k in plan.server),
                     sum(params[k].numel() for k in trainable), full_batch)
         if mixed_modes:
-            mixed.check(list(cfg.modes), cfg.algorithm, cfg.options, {k: params[k] for k in plan.server})
-            setup.groups = mixed.build(list(cfg.modes), model, params, X, Y, cfg.loss, cfg.l2, cfg.backend, cfg.seed,
-                                       cfg.finetune_options)
-            for g in setup.groups:
-                g.trainer.chunk = trainer.chunk
-            setup.down_bytes = mixed.download_bytes(setup.groups, params)
-            union = {k: v for g in setup.groups for k, v in g.plan.model.named_parameters() if k in g.plan.trainable}
-            setup.trainable_count = sum(v.numel() for v in union.values())
-        if cfg.systems is not None and cfg.systems.aggregation != "sync":
-            asynchronous.check(cfg)
+            setup._attach_modes(X, Y)
         if cfg.systems is not None:
-            from .clocked import Clocked
-            setup.upload_extra = _upload_extra(cfg, setup)
-            if setup.groups is None:
-                up = setup.update_bytes() + setup.upload_extra
-            else:
-                up = torch.zeros(len(sizes), dtype=torch.long)
-                for g in setup.groups:
-                    up[g.members] = g.up_bytes + setup.upload_extra
-            setup.clocked = Clocked.build(cfg.systems, cfg=cfg, model=model, sizes=sizes,
-                                          input_shape=tuple(X.shape[1:]), bytes_down=setup.down_bytes
-                                          + setup.broadcast_bytes(), bytes_up=up)
+            setup._attach_clock(tuple(X.shape[1:]))
         return setup
+
+    def _attach_modes(self, X, Y) -> None:
+        """One group of clients per fine-tuning mode (finetune=[...]; engine.mixed)."""
+        cfg, params = self.cfg, self.params
+        mixed.check(list(cfg.modes), cfg.algorithm, cfg.options, {k: params[k] for k in self.plan.server})
+        self.groups = mixed.build(list(cfg.modes), self.model, params, X, Y, cfg.loss, cfg.l2, cfg.backend, cfg.seed,
+                                  cfg.finetune_options)
+        for g in self.groups:
+            g.trainer.chunk = self.trainer.chunk
+        self.down_bytes = mixed.download_bytes(self.groups, params)
+        union = {k: v for g in self.groups for k, v in g.plan.model.named_parameters() if k in g.plan.trainable}
+        self.trainable_count = sum(v.numel() for v in union.values())
+
+    def _attach_clock(self, input_shape: tuple) -> None:
+        """The virtual clock (systems=; engine.clocked), with each client's upload and download sizes."""
+        from .clocked import Clocked
+        cfg = self.cfg
+        if cfg.systems.aggregation != "sync":
+            asynchronous.check(cfg)
+        self.upload_extra = _upload_extra(cfg, self)
+        if self.groups is None:
+            up = self.update_bytes() + self.upload_extra
+        else:
+            up = torch.zeros(len(self.sizes), dtype=torch.long)
+            for g in self.groups:
+                up[g.members] = g.up_bytes + self.upload_extra
+        self.clocked = Clocked.build(cfg.systems, cfg=cfg, model=self.model, sizes=self.sizes, input_shape=input_shape,
+                                     bytes_down=self.down_bytes + self.broadcast_bytes(), bytes_up=up)
 
     def broadcast_bytes(self) -> int:
         """Bytes of the server state sent to each client besides x (SCAFFOLD's c)."""
