@@ -7,7 +7,8 @@ staleness on arrival is t = (server updates since v) and its weight s(t) = (1 + 
 (``Simulation.staleness`` a). The server applies
 
 - FedAsync (Xie et al. 2019, "Asynchronous Federated Optimization"), every arrival at once:
-  x <- x - server_lr * s(t) * delta_i, which is x <- x - server_lr s(t) (x - y_i) when t = 0;
+  x <- x - server_lr * s(t) * (x - y_i), x the newest model (with server_lr = 1 the paper's
+  mixing x <- (1 - alpha_t) x + alpha_t y_i, alpha_t = s(t));
 - FedBuff (Nguyen et al. 2022, "Federated Learning with Buffered Asynchronous Aggregation"),
   every ``buffer_size`` arrivals: x <- x - server_lr * mean_i s(t_i) delta_i (unweighted).
 
@@ -93,7 +94,8 @@ def _start_jobs(setup, state, sys: dict, rows: dict) -> None:
         end = d[i] if dropped[i] else d[i] + c[i] + u[i]
         sys["jobs"].append({"client": client, "version": sys["version"], "start": now, "end": now + float(end),
                             "dropped": bool(dropped[i]), "times": torch.tensor([d[i], c[i], u[i]], dtype=torch.float64),
-                            "delta": {k: v[i].clone() for k, v in result.delta.items()}})
+                            "delta": {k: v[i].clone() for k, v in result.delta.items()},
+                            "local": {k: x[k] - v[i] for k, v in result.delta.items()}})
     rows["clients_selected"] += len(clients)
     rows["bytes_down"] += len(clients) * setup.down_bytes
 
@@ -151,7 +153,10 @@ def next_update(setup, state, rnd: int):
         rows["clients_completed"] += 1
         rows["bytes_up"] += setup.up_bytes
         weight = float(staleness_weight(sys["version"] - job["version"], sim.staleness))
-        sys["buffer"].append({k: weight * v for k, v in job["delta"].items()})
+        if sim.aggregation == "fedasync":  # s(t) (x - y_i) against the newest x; y_i = x_v - delta_i
+            sys["buffer"].append({k: weight * (state.x[k] - job["local"][k]) for k in job["delta"]})
+        else:
+            sys["buffer"].append({k: weight * v for k, v in job["delta"].items()})
         if len(sys["buffer"]) >= size:
             update = {k: torch.stack([b[k] for b in sys["buffer"]]).mean(0) for k in sys["buffer"][0]}
             sys["buffer"] = []

@@ -90,3 +90,17 @@ def test_async_runs_that_cannot_complete_or_cannot_be_exact_are_refused():
     with pytest.raises(ValueError, match="algorithm"):
         flu.run(model(), fed, systems=Simulation(profiles=same_devices(4), aggregation="fedasync"),
                 **{**ARGS, "algorithm": "fedadam"})
+
+
+def test_fedasync_moves_toward_the_arriving_local_model_against_the_newest_x():
+    """With s = 1 (staleness 0) and server_lr = 1, x <- x - (x - y_i) = y_i: after client 1's stale
+    arrival (round 4 above) the global model IS client 1's local model, trained from round 0's x."""
+    fed = federation(sizes=(8, 8))
+    prof = same_devices(2, samples_per_s=[24.0, 8.0], download_mbps=[math.inf] * 2, upload_mbps=[math.inf] * 2,
+                        latency_s=[0.0, 0.0])
+    args = {**ARGS, "num_rounds": 4, "local_steps": 3, "batch_size": 8}
+    hist = flu.run(model(), fed, systems=Simulation(profiles=prof, aggregation="fedasync", staleness=0.0),
+                   record_params=True, **args)
+    alone = flu.run(model(), flu.data.Federation.from_clients(fed.train[1:]), **{**args, "num_rounds": 1})
+    for k, v in alone.params.items():
+        torch.testing.assert_close(hist.trajectory[4][k], v, rtol=0, atol=1e-14)
