@@ -5,7 +5,7 @@ Each function only composes ``flu.partition``, ``flu.data``, ``flu.fewshot``,
 
 - :func:`few_shot_federation`: Dirichlet(alpha) clients (or natural ``groups``), then K-shot support / query.
 - :func:`support_gallery`: a few clients' support and query images as a long table (for the picture).
-- :func:`trainable_table`: how many parameters of each layer every mode trains.
+- :func:`trainable_table`: how many parameters of each layer every mode trains (:func:`layer_names`: readable names).
 - :func:`frozen_prefix`, :func:`top_model`, :class:`Prefixes`, :func:`cache_body`: the body modules a
   mode leaves frozen, applied once. A mode never changes what lies below its lowest trainable
   layer, so training on those outputs trains the same parameters on the same minibatches, at a
@@ -70,10 +70,42 @@ def support_gallery(fed: fdata.Federation, clients=None, per_split: int = 8, sha
     return pd.DataFrame(rows, columns=["client", "split", "slot", "label", "image"])
 
 
+_KINDS = {nn.Conv1d: "conv", nn.Conv2d: "conv", nn.Conv3d: "conv", nn.Linear: "dense", nn.Embedding: "embedding",
+          nn.LayerNorm: "norm", nn.BatchNorm1d: "norm", nn.BatchNorm2d: "norm"}
+
+
+def layer_names(model: nn.Module, layers) -> dict:
+    """Readable names of ``layers`` (module paths of ``model``, in forward order): the head is
+    ``"head"``; any other module is named by its type and its rank among the listed modules of that
+    type, with its path, e.g. ``"conv1 (body.1)"``, ``"conv2 (body.4)"``, ``"dense (body.8)"`` (no
+    rank when the type occurs once). Types: Conv -> conv, Linear -> dense, Embedding, norms; other
+    types by their class name in lower case."""
+    layers = [str(layer).rstrip(".") for layer in layers]
+    kinds = {}
+    for layer in layers:
+        if layer != "head":
+            try:
+                mod = model.get_submodule(layer)
+            except AttributeError:
+                chk.fail("layers", f"module paths of {type(model).__name__}", layer)
+            kinds[layer] = next((k for t, k in _KINDS.items() if isinstance(mod, t)), type(mod).__name__.lower())
+    total = pd.Series(list(kinds.values()), dtype=object).value_counts().to_dict()
+    seen, names = {}, {}
+    for layer in layers:
+        if layer == "head":
+            names[layer] = "head"
+            continue
+        kind = kinds[layer]
+        seen[kind] = seen.get(kind, 0) + 1
+        names[layer] = f"{kind}{seen[kind] if total[kind] > 1 else ''} ({layer})"
+    return names
+
+
 def trainable_table(model: nn.Module, modes=finetune.MODES, **options) -> pd.DataFrame:
-    """``mode, layer, params, trainable``: for every mode (``flu.finetune.prepare``) and every module
-    owning parameters, in forward order, its parameter count (adapters included) and how many train.
-    Options (``lora_rank``, ``num_layers``) go to the modes that take them."""
+    """``mode, layer, name, params, trainable``: for every mode (``flu.finetune.prepare``) and every
+    module owning parameters, in forward order, its path, its readable name (:func:`layer_names`,
+    from the module types of ``model``), its parameter count (adapters included) and how many
+    train. Options (``lora_rank``, ``num_layers``) go to the modes that take them."""
     rows = []
     for mode in modes:
         opts = {k: v for k, v in options.items() if k in finetune.OPTIONS.get(mode, {})}
@@ -84,7 +116,10 @@ def trainable_table(model: nn.Module, modes=finetune.MODES, **options) -> pd.Dat
             names = [(prefix + n, p) for n, p in mod.named_parameters(recurse=False)]
             rows.append(dict(mode=mode, layer=prefix.rstrip("."), params=sum(p.numel() for _, p in names),
                              trainable=sum(p.numel() for n, p in names if n in trained)))
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows, columns=["mode", "layer", "params", "trainable"])
+    readable = layer_names(model, dict.fromkeys(table["layer"]))
+    table.insert(2, "name", table["layer"].map(readable))
+    return table
 
 
 def _modules(model: nn.Module) -> list:

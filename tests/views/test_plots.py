@@ -192,3 +192,126 @@ def test_learning_curves_options():
         plots.plot_learning_curves(df, metric="f1_macro")
     with pytest.raises(ValueError, match="metrics"):
         plots.plot_learning_curves(df.drop(columns="client"))
+
+
+# ---------------------------------------------------------------- few-shot plots (notebook 05)
+
+def _boxes_overlap(a, b):
+    return min(a.x1, b.x1) > max(a.x0, b.x0) and min(a.y1, b.y1) > max(a.y0, b.y0)
+
+
+def test_fewshot_reference_bars_end_an_accuracy_axis_at_one():
+    from fedlab_utils.views.plots import fewshot as pf
+
+    df = pd.DataFrame({"quantity": ["q", "q", "r"], "source": ["report", "ours: a long label for a bar", "ours"],
+                       "value": [0.85, 0.93, 0.28], "method": [None, "Linear probe", "Full"]})
+    fig, ax = plt.subplots(figsize=(6, 3))
+    pf.plot_reference(df, ax=ax)
+    assert ax.get_xlim() == (0.0, 1.0)
+    fig.canvas.draw()
+    frame = ax.get_window_extent()
+    assert all(t.get_window_extent().x1 <= frame.x1 + 1 for t in ax.texts)   # every label inside the axes
+    hatched = [p for p in ax.patches if p.get_hatch()]
+    assert [p.get_width() for p in hatched] == [0.85]                       # the report's row only
+    ratios = pd.DataFrame({"quantity": ["c", "c"], "source": ["report", "ours"], "value": [3.0, 2.2]})
+    ax = pf.plot_reference(ratios)
+    assert ax.get_xlim()[1] >= 3.0 * 1.5                                     # not an accuracy: room for labels
+    assert pf.plot_reference(df, xmax=2.0).get_xlim() == (0.0, 2.0)
+    with pytest.raises(ValueError, match="xmax"):
+        pf.plot_reference(df, xmax=0)
+
+
+def test_fewshot_rounds_axes_get_integer_ticks_and_accuracy_ends_at_one():
+    from matplotlib.ticker import MaxNLocator
+
+    from fedlab_utils.views.plots import fewshot as pf
+
+    curve = pd.DataFrame({"method": ["Linear probe"] * 6 + ["None (prototypes)"] * 6, "round": list(range(6)) * 2,
+                          "accuracy": [0.5, 0.7, 0.9, 0.97, 1.0, 1.0] + [0.9] * 6})
+    ax = pf.plot_sweep(curve, "round")
+    assert isinstance(ax.xaxis.get_major_locator(), MaxNLocator)
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert ax.get_ylim()[1] <= 1.0
+    seeds = pd.DataFrame({"method": ["Linear probe"] * 4, "round": [1, 1, 2, 2], "accuracy": [0.9, 1.0, 0.95, 1.0]})
+    assert pf.plot_sweep(seeds, "round").get_ylim()[1] <= 1.0                # the band would pass 1.0
+    alpha = pd.DataFrame({"method": ["Full"] * 3, "alpha": [0.1, 0.5, 10.0], "accuracy": [0.8, 0.85, 0.9]})
+    ax = pf.plot_sweep(alpha, "alpha", logx=True)
+    assert not isinstance(ax.xaxis.get_major_locator(), MaxNLocator)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.1", "0.5", "10"]
+    errors = pd.DataFrame({"mode": ["lora"] * 3, "local_steps": [1, 5, 20], "relative_error": [1e-16, 1e-3, 5e-3]})
+    ax = pf.plot_factor_error(errors)
+    assert isinstance(ax.xaxis.get_major_locator(), MaxNLocator)
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+
+
+def test_fewshot_layer_heatmap_names_layers_by_type():
+    import re
+
+    import fedlab_utils as flu
+    from fedlab_utils.lessons import fewshot as lf
+    from fedlab_utils.views.plots import fewshot as pf
+
+    cnn = flu.models.cnn((1, 8, 8), 10, seed=0)       # Reshape, conv, ReLU, pool, conv, ReLU, pool, flatten, dense, ReLU
+    ax = pf.plot_trainable(lf.trainable_table(cnn, lora_rank=2))
+    labels = [t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels()]
+    assert not any(re.fullmatch(r"\s*body\.\d+\s*", s) for s in labels)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["conv1 (body.1)", "conv2 (body.4)", "dense (body.8)",
+                                                            "head"]
+    mlp = flu.models.mlp(64, [32, 16], 10, seed=0)
+    assert lf.layer_names(mlp, ["body.1", "body.3", "head"]) == {"body.1": "dense1 (body.1)",
+                                                                  "body.3": "dense2 (body.3)", "head": "head"}
+    with pytest.raises(ValueError, match="layers"):
+        lf.layer_names(mlp, ["body.7"])
+    plain = pd.DataFrame({"mode": ["full"], "layer": ["w"], "params": [3], "trainable": [3]})
+    assert [t.get_text() for t in pf.plot_trainable(plain).get_xticklabels()] == ["w"]   # no name column: the path
+
+
+def test_fewshot_dumbbell_legend_hides_no_client():
+    from matplotlib.collections import PathCollection
+
+    from fedlab_utils.views.plots import fewshot as pf
+
+    rows = [dict(client=c, before=0.1 * c, after=min(1.0, 0.1 * c + d), method=m)
+            for c in range(10) for m, d in (("Linear probe", 0.2), ("Full", 0.3), ("LoRA", -0.05))]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    pf.plot_before_after(pd.DataFrame(rows), ax=ax)
+    fig.canvas.draw()
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["Linear probe", "Full", "LoRA"]
+    assert not _boxes_overlap(legend.get_window_extent(), ax.get_window_extent())
+    assert ax.get_xlim()[1] == 1.0                                           # accuracy ends at 1.0
+    dots = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert len(dots) == 2 * 3 and not any(c.get_clip_on() for c in dots)    # dots at 1.0 drawn whole
+    losses = pd.DataFrame({"client": [0, 1], "before": [2.5, 1.2], "after": [0.4, 1.5]})
+    assert pf.plot_before_after(losses).get_xlim()[1] >= 2.5                 # not an accuracy: nothing cut
+
+
+def test_fewshot_scatter_labels_do_not_overlap():
+    from matplotlib.text import Text
+
+    from fedlab_utils.views.plots import fewshot as pf
+
+    summary = pd.DataFrame({"method": ["None (prototypes)", "BitFit", "Linear probe", "FFA-LoRA", "Full"],
+                            "bytes_up_per_round": [22968, 30480, 26000, 36240, 4.2e6],
+                            "accuracy": [0.880, 0.882, 0.884, 0.879, 1.0]})
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    pf.plot_accuracy_vs_cost(summary, ax=ax)
+    fig.canvas.draw()
+    boxes = [Text.get_window_extent(t) for t in ax.texts]        # the label itself, without its leader line
+    assert sorted(t.get_text() for t in ax.texts) == sorted(summary["method"])
+    assert not any(_boxes_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    frame = ax.get_window_extent()
+    assert all(frame.x0 - 1 <= b.x0 and b.x1 <= frame.x1 + 1 and frame.y0 - 1 <= b.y0 and b.y1 <= frame.y1 + 1
+               for b in boxes)
+    assert ax.get_ylim()[1] <= 1.0
+    # the naive placement (every label up and to the right) overlaps here: the test can fail
+    naive = plt.subplots(figsize=(5.5, 4))[1]
+    for r in summary.itertuples():
+        naive.scatter(r.bytes_up_per_round, r.accuracy)
+        naive.annotate(r.method, (r.bytes_up_per_round, r.accuracy), textcoords="offset points", xytext=(5, 4),
+                       fontsize=7.5)
+    naive.set_xscale("log")
+    naive.figure.canvas.draw()
+    naive_boxes = [t.get_window_extent() for t in naive.texts]
+    assert any(_boxes_overlap(a, b) for i, a in enumerate(naive_boxes) for b in naive_boxes[i + 1:])

@@ -12,20 +12,97 @@ from elsewhere are drawn hatched or dashed next to ours.
 - :func:`plot_accuracy_vs_cost`: accuracy against bytes or FLOPs, one colour per method.
 - :func:`plot_sweep`: accuracy against K, alpha or rounds, one line per method (mean and 95% interval over seeds).
 - :func:`plot_before_after`: per-client accuracy before and after fine-tuning (a dumbbell), clients made worse in red.
-- :func:`plot_reference`: our numbers beside the reference document's.
+- :func:`plot_reference`: our numbers beside the report's (the reference figures notebook 05 quotes).
 - :func:`plot_step_times`: measured seconds per local step, with ratios.
 - :func:`plot_factor_error`: error of naive LoRA factor averaging against local steps.
+
+Axes of accuracy (or macro-F1) end at 1.0; axes of rounds and local steps get integer ticks;
+point labels of the scatters are placed so that they do not overlap (:func:`_place_labels`).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 from matplotlib.patches import FancyBboxPatch
+from matplotlib.ticker import MaxNLocator, NullLocator
 
 from ..._core import checks as chk
 from .base import _axes, _need, canonical_label, method_color
 
 HURT, HELPED = "#c0392b", "#7f7f7f"
+UNIT_METRICS = ("accuracy", "f1_macro", "balanced_accuracy", "client_mean", "client_worst_10pct")
+# label offsets (points) tried in order around a point: right-up first, then the other corners and
+# sides, each ring farther out (labels beyond the first ring get a leader line to their point)
+_OFFSETS = tuple((dx, dy, ha, va) for d in (4, 14, 24, 34, 44) for dx, dy, ha, va in (
+    (5, d, "left", "bottom"), (5, -d, "left", "top"), (-5, d, "right", "bottom"), (-5, -d, "right", "top"),
+    (0, d + 3, "center", "bottom"), (0, -d - 3, "center", "top"), (d + 4, 0, "left", "center"),
+    (-d - 4, 0, "right", "center")))
+
+
+def _cap_at_one(ax, axis: str, values) -> None:
+    """End an accuracy axis at 1.0 (no room for impossible values) when all drawn ``values`` are at
+    most 1 (anything else, a loss say, keeps its limits); points drawn at 1.0 are not clipped."""
+    values = np.asarray(values, dtype=float)
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    if hi > 1.0 and (values.size == 0 or np.nanmax(values) <= 1.0):
+        (ax.set_ylim if axis == "y" else ax.set_xlim)(min(lo, 0.99), 1.0)
+
+
+def _renderer(fig):
+    """The figure's renderer, to measure text in pixels where the axes are now. No layout pass (a
+    constrained layout costs about a second per call on a busy machine): with a layout engine the
+    axes move a little when drawn, so measured gaps carry a margin."""
+    return fig.canvas.get_renderer() if hasattr(fig.canvas, "get_renderer") else fig._get_renderer()
+
+
+def _place_labels(ax, points, texts, *, fontsize: float = 7.5) -> list:
+    """Annotate ``points`` (data coordinates) with ``texts`` without overlaps: each label takes the
+    first offset of :data:`_OFFSETS` (rings of growing distance) whose box (measured with the
+    figure's renderer, plus a 3-pixel margin) overlaps no label placed before it, no other point and
+    stays inside the axes; when none fits, the one with the least overlap. A label placed beyond the
+    first ring gets a thin leader line to its point. Deterministic (points in the order given).
+    Returns the annotations."""
+    fig = ax.figure
+    renderer = _renderer(fig)
+    ax.autoscale_view()
+    frame = ax.get_window_extent(renderer)
+    xy = ax.transData.transform(np.asarray(points, dtype=float).reshape(-1, 2))
+    marker = 5.0 * fig.dpi / 72                                        # about the radius of a scatter dot
+    dots = [(x - marker, y - marker, x + marker, y + marker) for x, y in xy]
+    placed, out = [], []
+
+    def overlap(a, b):
+        return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+    for i, text in enumerate(texts):
+        best = None
+        for dx, dy, ha, va in _OFFSETS:
+            note = ax.annotate(text, points[i], textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
+                               fontsize=fontsize)
+            bb = note.get_window_extent(renderer)
+            box = (bb.x0 - 3, bb.y0 - 3, bb.x1 + 3, bb.y1 + 3)
+            outside = (max(0.0, frame.x0 - box[0]) + max(0.0, box[2] - frame.x1)
+                       + max(0.0, frame.y0 - box[1]) + max(0.0, box[3] - frame.y1))
+            score = (sum(overlap(box, o) for o in placed)
+                     + sum(overlap(box, d) for j, d in enumerate(dots) if j != i) + 1e3 * outside)
+            if best is None or score < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (score, note, box)
+            else:
+                note.remove()
+            if score == 0:
+                break
+        note = best[1]
+        dx, dy = note.xyann
+        if max(abs(dx), abs(dy)) > 10:        # far from its point: the same label, with a leader line
+            note.remove()
+            note = ax.annotate(text, points[i], textcoords="offset points", xytext=(dx, dy), ha=note.get_ha(),
+                               va=note.get_va(), fontsize=fontsize,
+                               arrowprops=dict(arrowstyle="-", lw=0.5, color="#888888", shrinkA=1, shrinkB=4))
+        placed.append(best[2])
+        out.append(note)
+    return out
 
 
 def plot_protocol(*, ax=None, num_clients: int = 3):
@@ -122,11 +199,15 @@ def plot_support_counts(table: pd.DataFrame, *, ax=None, cmap: str = "Greens"):
 def plot_trainable(df: pd.DataFrame, *, ax=None, cmap: str = "Blues"):
     """Which parameters each mode trains: a mode x layer heatmap of the trained fraction of each
     layer, annotated with the number of trained parameters (``df``: ``mode, layer, params, trainable``
-    with ``trainable`` the count trained in that layer, layers in forward order)."""
+    with ``trainable`` the count trained in that layer, layers in forward order). Layers are labelled
+    by the column ``name`` when the table has one (``flu.lessons.fewshot.trainable_table``: e.g.
+    ``"conv1 (body.1)"``), else by ``layer``."""
     import seaborn as sns
 
     _need(df, "df", ["mode", "layer", "params", "trainable"])
     layers = list(dict.fromkeys(df["layer"].tolist()))
+    names = (df.drop_duplicates("layer").set_index("layer")["name"].reindex(layers).tolist()
+             if "name" in df.columns else layers)
     modes = list(dict.fromkeys(df["mode"].tolist()))
     count = df.pivot_table(index="mode", columns="layer", values="trainable", aggfunc="sum").reindex(
         index=modes, columns=layers)
@@ -139,6 +220,7 @@ def plot_trainable(df: pd.DataFrame, *, ax=None, cmap: str = "Blues"):
                 cbar_kws={"label": "share of the layer trained"}, annot_kws={"fontsize": 7}, linewidths=0.5,
                 linecolor="#dddddd")
     ax.set_yticks(np.arange(len(modes)) + 0.5, [canonical_label(m) for m in modes], rotation=0)
+    ax.set_xticks(np.arange(len(layers)) + 0.5, [str(n) for n in names], rotation=0)
     ax.set(xlabel="layer (forward order; adapters counted in their layer)", ylabel="")
     return ax
 
@@ -151,29 +233,36 @@ _COST_LABELS = {"bytes_up_per_round": "bytes sent up per round (all clients)",
 def plot_accuracy_vs_cost(summary: pd.DataFrame, x: str = "bytes_up_per_round", y: str = "accuracy", *,
                           ax=None, logx: bool = True, annotate: bool = True, label: str = "method"):
     """Scatter of ``y`` against a cost column ``x`` (bytes, FLOPs, seconds, parameters), one point
-    and one colour per method (rows with no ``x`` are left out). Up and to the left is better."""
+    and one colour per method (rows with no ``x`` are left out). Up and to the left is better.
+    With ``annotate`` each point is labelled, the labels placed so that none overlaps another label
+    or a point (:func:`_place_labels`); an accuracy axis ends at 1.0."""
     _need(summary, "summary", [x, y, label])
     sel = summary[summary[x].notna() & summary[y].notna() & (summary[x] > 0 if logx else True)]
     ax = _axes(ax, (5.5, 4))
     for r in sel.itertuples():
         name = getattr(r, label)
         ax.scatter(getattr(r, x), getattr(r, y), s=60, color=method_color(name), label=canonical_label(name),
-                   edgecolor="white", zorder=3)
-        if annotate:
-            ax.annotate(canonical_label(name), (getattr(r, x), getattr(r, y)), textcoords="offset points",
-                        xytext=(5, 4), fontsize=7.5)
+                   edgecolor="white", zorder=3, clip_on=False)
     if logx:
         ax.set_xscale("log")
     ax.set(xlabel=_COST_LABELS.get(x, x.replace("_", " ")), ylabel=y.replace("_", " "))
+    if y in UNIT_METRICS:
+        ax.autoscale_view()
+        _cap_at_one(ax, "y", sel[y])
+    if annotate and len(sel):
+        _place_labels(ax, sel[[x, y]].to_numpy(dtype=float), [canonical_label(n) for n in sel[label]])
     ax.grid(alpha=0.3)
     return ax
 
 
 def plot_sweep(df: pd.DataFrame, x: str, y: str = "accuracy", *, hue: str = "method", ax=None, logx: bool = False,
-               reference: dict | None = None, confidence: float = 0.95):
+               reference: dict | None = None, confidence: float = 0.95, integer_x: bool | None = None):
     """``y`` against a swept setting ``x`` (shots K, alpha, rounds), one line per ``hue`` (method).
     Several rows per point (seeds) are drawn as their mean with a Student-t ``confidence`` band.
-    ``reference``: ``{label: value}`` horizontal dashed lines (e.g. the reference document's figures)."""
+    ``reference``: ``{label: value}`` horizontal dashed lines (e.g. the report's figures).
+    ``integer_x``: integer ticks on x (``MaxNLocator(integer=True)``); default: when ``x`` holds
+    integers (rounds, shots) on a linear axis. On a log axis up to 8 swept values are the ticks.
+    An accuracy or macro-F1 axis ends at 1.0."""
     from scipy import stats
 
     _need(df, "df", [x, y, hue])
@@ -194,6 +283,16 @@ def plot_sweep(df: pd.DataFrame, x: str, y: str = "accuracy", *, hue: str = "met
                     color="#555555")
     if logx:
         ax.set_xscale("log")
+        swept = np.sort(df[x].dropna().unique())
+        if 0 < len(swept) <= 8:        # a few swept values: tick them, as numbers (1, 5, 20), not powers of ten
+            ax.set_xticks(swept, [f"{v:g}" for v in swept])
+            ax.xaxis.set_minor_locator(NullLocator())
+    if integer_x is None:
+        integer_x = not logx and pd.api.types.is_integer_dtype(df[x])
+    if integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if y in UNIT_METRICS:
+        _cap_at_one(ax, "y", df[y])
     ax.set(xlabel=x.replace("_", " "), ylabel=y.replace("_", " "))
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
@@ -203,7 +302,9 @@ def plot_sweep(df: pd.DataFrame, x: str, y: str = "accuracy", *, hue: str = "met
 def plot_before_after(df: pd.DataFrame, *, ax=None, hue: str | None = "method", sort: bool = True):
     """Dumbbell of per-client ``before`` -> ``after`` (``flu.evaluation.before_after`` rows, with a
     ``method`` column when several methods share the plot): a hollow dot before, a filled dot after,
-    the segment red where the client got worse. The title gives the fraction of clients hurt."""
+    the segment red where the client got worse. The title gives the fraction of clients hurt; the
+    legend (several methods) sits outside the axes, right of them, so it hides no client. The
+    axis ends at 1.0 when every value is at most 1 (accuracy, F1)."""
     from matplotlib.collections import LineCollection
 
     _need(df, "df", ["client", "before", "after"])
@@ -220,43 +321,65 @@ def plot_before_after(df: pd.DataFrame, *, ax=None, hue: str | None = "method", 
         color = method_color(name) if name is not None else "#1f77b4"
         ax.add_collection(LineCollection([[(b[i], yv[i]), (a[i], yv[i])] for i in range(len(g))],
                                          colors=[HURT if w else HELPED for w in worse], linewidths=1.4, zorder=1))
-        ax.scatter(b, yv, s=28, facecolor="white", edgecolor=color, zorder=2)
-        ax.scatter(a, yv, s=28, color=color, zorder=3, label=None if name is None else canonical_label(name))
+        ax.scatter(b, yv, s=28, facecolor="white", edgecolor=color, zorder=2, clip_on=False)
+        ax.scatter(a, yv, s=28, color=color, zorder=3, label=None if name is None else canonical_label(name),
+                   clip_on=False)
         hurt_text.append(f"{canonical_label(name) + ': ' if name is not None else ''}{worse.mean():.0%} hurt")
     ax.set_yticks(range(len(clients)), [str(c) for c in clients])
     ax.set(xlabel="query accuracy (hollow: before, filled: after)", ylabel="client")
     ax.set_title("; ".join(hurt_text), fontsize=8.5)
     if groups[0][0] is not None:
-        ax.legend(fontsize="small", loc="lower left")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+                  frameon=False)
     ax.grid(axis="x", alpha=0.3)
     ax.autoscale_view()
+    _cap_at_one(ax, "x", df[["before", "after"]])
     return ax
 
 
-def plot_reference(df: pd.DataFrame, *, ax=None, value: str = "value", xlabel: str | None = None):
-    """Our numbers beside the reference document's: one group of horizontal bars per ``quantity``,
-    one bar per row (``source`` names it; rows whose source starts with ``"reference"`` are hatched
-    grey, the others take the colour of their ``method`` when the table has that column)."""
+def plot_reference(df: pd.DataFrame, *, ax=None, value: str = "value", xlabel: str | None = None,
+                   xmax: float | None = None, hatched=("reference", "report")):
+    """Our numbers beside the report's: one group of horizontal bars per ``quantity``, one bar per
+    row (``source`` names it; rows whose source starts with one of ``hatched`` are hatched grey, the
+    others take the colour of their ``method`` when the table has that column).
+
+    ``xmax``: the axis' end; default 1.0 when every value lies in [0, 1] (accuracy, F1), else 1.6
+    times the largest value (room for the labels). A label that would run past the end is written
+    inside its bar (measured with the figure's renderer)."""
     _need(df, "df", ["quantity", "source", value])
     quantities = list(dict.fromkeys(df["quantity"].tolist()))
     most = int(df.groupby("quantity").size().max())
     ax = _axes(ax, (7, 0.32 * len(df) + 0.4 * len(quantities) + 0.8))
     h = 0.84 / most
+    values = df[value].astype(float)
+    if xmax is None:
+        xmax = 1.0 if values.between(0, 1).all() else float(values.max()) * 1.6
+    xmax = chk.real("xmax", xmax, low=0, low_open=True)
+    hatched = (hatched,) if isinstance(hatched, str) else tuple(hatched)
+    labels = []
     for qi, q in enumerate(quantities):
         rows = df[df.quantity == q]
         for j, r in enumerate(rows.itertuples()):
             yv = qi + (j - (len(rows) - 1) / 2) * h
-            ref = str(r.source).startswith("reference")
+            ref = str(r.source).startswith(hatched)
             name = getattr(r, "method", None) if "method" in df.columns else None
             color = "#bbbbbb" if ref else method_color(name if isinstance(name, str) else r.source)
             v = float(getattr(r, value))
             ax.barh(yv, v, height=h * 0.88, color=color, hatch="//" if ref else None,
                     edgecolor="#555555" if ref else "white")
-            ax.text(v, yv, f" {v:.2f}  {r.source}", va="center", fontsize=7.5)
+            labels.append((ax.text(v + 0.01 * xmax, yv, f"{v:.2f}  {r.source}", va="center", ha="left",
+                                   fontsize=7.5), v, yv))
     ax.set_yticks(range(len(quantities)), quantities)
     ax.invert_yaxis()
     ax.set(xlabel=xlabel or value.replace("_", " "))
-    ax.set_xlim(0, float(df[value].max()) * 1.6)
+    ax.set_xlim(0, xmax)
+    fig = ax.figure
+    renderer = _renderer(fig)
+    right = ax.get_window_extent(renderer).x1
+    for text, v, yv in labels:     # a label running past the axis' end goes inside its bar, ending there
+        if text.get_window_extent(renderer).x1 > right:
+            text.set(x=v - 0.01 * xmax, ha="right", bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none",
+                                                              alpha=0.85))
     return ax
 
 
@@ -296,6 +419,7 @@ def plot_factor_error(df: pd.DataFrame, *, ax=None, y: str = "relative_error", f
         ax.plot(line.index, line.to_numpy(), marker="o", color=method_color(mode),
                 label=f"{canonical_label(mode)}: mean(B) mean(A)")
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="local steps in the round", ylabel="||naive - exact|| / ||exact||")
     ax.axhline(floor, color="#999999", ls=":", lw=1)
     ax.legend(fontsize="small")
