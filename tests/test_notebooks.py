@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = Path(os.environ.get("FEDLAB_NOTEBOOK_DIR") or ROOT / "notebooks").resolve()
 ARTIFACTS = ROOT / "test-artifacts"
 TIMES_FILE = ARTIFACTS / "notebook_times.json"
-CELL_TIMEOUT_S = 600
+CELL_TIMEOUT_S = 240  # a FAST notebook's whole budget is 60 s: a longer cell is a stall
 DEFAULT_BUDGET_S = 60.0
 
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb")) if NOTEBOOK_DIR.is_dir() else []
@@ -118,22 +118,27 @@ def test_notebooks_folder_has_notebooks():
     assert NOTEBOOKS, f"no *.ipynb in {NOTEBOOK_DIR}"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("path", PARAMS)
-def test_notebook_runs_in_fast_mode_within_budget(path):
-    from nbclient import NotebookClient
+def _cell_seconds(nb) -> float:
+    """Seconds spent inside the cells (nbclient's per-cell timestamps), kernel start excluded."""
+    from datetime import datetime as dt
 
-    path = _require(path)
-    _check_kernel_is_this_python()
-    budget = _budget()
+    total = 0.0
+    for cell in nb.cells:
+        timing = cell.get("metadata", {}).get("execution", {})
+        start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
+        if start and end:
+            total += (dt.fromisoformat(end.replace("Z", "+00:00")) - dt.fromisoformat(start.replace("Z", "+00:00"))
+                      ).total_seconds()
+    return total
+
+
+def _execute(path):
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellTimeoutError
+
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb,
-        timeout=CELL_TIMEOUT_S,
-        kernel_name="python3",
-        allow_errors=False,
-        resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
-    )
+    client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", allow_errors=False,
+                            record_timing=True, resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
     start = time.perf_counter()
     error = None
     try:
@@ -141,6 +146,23 @@ def test_notebook_runs_in_fast_mode_within_budget(path):
     except Exception as exc:  # CellExecutionError, DeadKernelError, CellTimeoutError
         error = exc
     seconds = time.perf_counter() - start
+    # A lost kernel message (seen on heavily loaded machines) stalls the harness, not the notebook:
+    # the cells' own time stays small, or a cell times out waiting for a reply.
+    stalled = isinstance(error, CellTimeoutError) or (error is None and seconds > _budget() >= _cell_seconds(nb))
+    return nb, seconds, error, stalled
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", PARAMS)
+def test_notebook_runs_in_fast_mode_within_budget(path):
+    path = _require(path)
+    _check_kernel_is_this_python()
+    budget = _budget()
+    nb, seconds, error, stalled = _execute(path)
+    first = None
+    if stalled:  # one fresh retry; both attempts are recorded
+        first = round(seconds, 2)
+        nb, seconds, error, stalled = _execute(path)
 
     (ARTIFACTS / "executed").mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, ARTIFACTS / "executed" / path.name)
@@ -148,6 +170,8 @@ def test_notebook_runs_in_fast_mode_within_budget(path):
         path.name,
         {
             "seconds": round(seconds, 2),
+            "cell_seconds": round(_cell_seconds(nb), 2),
+            "stalled_first_attempt_s": first,
             "budget_s": budget,
             "ok": error is None,
             "code_cells": sum(c.cell_type == "code" for c in nb.cells),
