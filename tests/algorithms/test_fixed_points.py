@@ -103,9 +103,6 @@ def dist(a, b):
     return float(np.linalg.norm(np.asarray(a) - np.asarray(b)))
 
 
-MEASURED = {}  # the errors behind the assertions, printed with -s (see test_report)
-
-
 # ------------------------------------------------------------------ (a) FedAvg
 
 def test_fedavg_is_the_affine_map_and_converges_to_its_fixed_point_not_the_optimum():
@@ -126,8 +123,6 @@ def test_fedavg_is_the_affine_map_and_converges_to_its_fixed_point_not_the_optim
     ratios = err[1:] / err[:-1]
     np.testing.assert_allclose(ratios[70:80], rho, atol=1e-6, rtol=0)
     assert abs(ratios[2] - rho) > 1e-3  # early on the other eigen-directions still matter
-    MEASURED["fedavg"] = dict(err=dist(traj[-1], x_fix), inconsistency=dist(x_fix, W_STAR), rho=rho,
-                              measured_rate=float(ratios[75]))
 
 
 # ------------------------------------------------------------------ (b) FedNova
@@ -150,7 +145,6 @@ def test_fednova_fixed_point_and_it_approaches_the_optimum_as_lr_shrinks():
     assert nova[-1] < 0.02 and min(avg) > 0.4
     # and FedAvg at the same small lr converges towards the tau-weighted minimiser instead
     assert dist(fixed_point(*fedavg_map(1e-4, STEPS)), minimiser(STEPS)) < 1e-3
-    MEASURED["fednova"] = dict(err=errs, dist_to_opt=dict(zip(lrs, nova)), fedavg_dist=dict(zip(lrs, avg)))
 
 
 # ------------------------------------------------------------------ (c) SCAFFOLD
@@ -166,7 +160,6 @@ def test_scaffold_reaches_the_optimum_with_heterogeneous_steps(clients_per_round
     # FedAvg with the same clients and sampling does not get there
     fedavg_traj, _ = simulate("fedavg", 40, 0.05, clients_per_round=clients_per_round, seed=5)
     assert dist(fedavg_traj[-1], W_STAR) > 0.05
-    MEASURED[f"scaffold (clients_per_round={clients_per_round})"] = dict(err=err)
 
 
 # ------------------------------------------------------------------ (d) FedDyn
@@ -181,7 +174,6 @@ def test_feddyn_reaches_the_optimum_with_few_local_steps(steps, clients_per_roun
     np.testing.assert_allclose(g_i, [grad(i, W_STAR) for i in range(len(P))], atol=1e-8, rtol=0)
     if len(set(steps)) > 1:  # FedAvg with these steps is inconsistent
         assert dist(fixed_point(*fedavg_map(0.2, steps)), W_STAR) > 0.05
-    MEASURED[f"feddyn (steps={steps}, clients_per_round={clients_per_round})"] = dict(err=err)
 
 
 # ------------------------------------------------------------------ (e) FedProx
@@ -194,7 +186,6 @@ def test_fedprox_converges_to_its_prox_fixed_point(mu, rounds):
     traj, _ = simulate("fedprox", rounds, lr, mu=mu)
     np.testing.assert_allclose(traj[1:], traj[:-1] @ M.T + c, atol=1e-12, rtol=0)
     assert dist(traj[-1], x_fix) < 1e-10
-    MEASURED[f"fedprox (mu={mu})"] = dict(err=dist(traj[-1], x_fix), dist_to_opt=dist(x_fix, W_STAR))
 
 
 def test_fedprox_at_mu_zero_is_fedavg():
@@ -220,8 +211,6 @@ def test_fedprox_large_mu_tends_to_the_s_weighted_minimiser(c):
         assert dist(target, W_STAR) < 1e-12
     else:
         assert dist(target, W_STAR) > 0.05
-    MEASURED[f"fedprox large mu (c={c})"] = dict(dist_to_s_minimiser=dict(zip(mus, d)),
-                                                 s_minimiser_to_opt=dist(target, W_STAR))
 
 
 # ------------------------------------------------------------------ (f) FedAvgM
@@ -280,9 +269,3 @@ def test_server_optimiser_first_rounds_by_hand(name, custom):
         expected.append(x)
     np.testing.assert_allclose(traj, np.array(expected), atol=1e-12, rtol=0)
     assert dist(traj[1], traj[0]) > 1e-3
-
-
-def test_report():
-    """Prints the measured errors (run with -s); the assertions live in the tests above."""
-    for key, value in MEASURED.items():
-        print(key, value)

@@ -1,5 +1,4 @@
 import json
-import time
 
 import numpy as np
 import pandas as pd
@@ -121,11 +120,10 @@ def test_dirichlet_min_size_is_met():
         assert part.sizes.min() >= 30
 
 
-def test_dirichlet_unreachable_min_size_raises_quickly():
-    start = time.perf_counter()
+def test_dirichlet_unreachable_min_size_raises():
+    # (its time, 100 redraws, is measured by benchmarks/widget_redraw.py, not asserted here)
     with pytest.raises(ValueError, match="min_size.*cannot be met.*larger alpha"):
         partition.dirichlet(Y, 50, alpha=0.001, seed=0, min_size=1)
-    assert time.perf_counter() - start < 5.0
     with pytest.raises(ValueError, match="min_size"):
         partition.dirichlet(Y, 10, alpha=1.0, min_size=N_SAMPLES // 10 + 1)
 
@@ -414,12 +412,11 @@ SPARSE = {
 
 
 @pytest.mark.parametrize("name", SPARSE)
-def test_sparse_label_values_partition_fast_and_completely(name):
-    start = time.perf_counter()
+def test_sparse_label_values_partition_completely(name):
+    # (timed by benchmarks/widget_redraw.py; here only what they return)
     part = SPARSE[name](SPARSE_Y)
     table = partition.label_counts(part, SPARSE_Y)
     h = partition.heterogeneity(part, SPARSE_Y)
-    assert time.perf_counter() - start < 1.0
     assert np.array_equal(np.sort(np.concatenate(list(part))), np.arange(len(SPARSE_Y)))
     assert sorted(table.label.unique()) == [0, 7, 100000]
     assert len(table) == 10 * 3 and table["count"].sum() == len(SPARSE_Y)
@@ -428,6 +425,16 @@ def test_sparse_label_values_partition_fast_and_completely(name):
             got = table[(table.client == i) & (table.label == label)]["count"].item()
             assert got == int((SPARSE_Y[idx] == label).sum())
     assert 0 <= h["js_divergence"] <= 1 and 1 <= h["effective_classes"] <= 3
+
+
+@pytest.mark.parametrize("name", SPARSE)
+def test_huge_label_values_need_no_memory_per_value(name):
+    # a table indexed by label value would need 10**15 entries; the partitioners use distinct values only
+    huge = np.where(SPARSE_Y == 100000, 10**15, SPARSE_Y)
+    part = SPARSE[name](huge)
+    assert np.array_equal(np.sort(np.concatenate(list(part))), np.arange(len(huge)))
+    table = partition.label_counts(part, huge)
+    assert sorted(table.label.unique()) == [0, 7, 10**15] and table["count"].sum() == len(huge)
 
 
 def test_heterogeneity_ignores_how_labels_are_numbered():

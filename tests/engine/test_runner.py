@@ -1,5 +1,10 @@
 """The round loop against exact references: centralised GD, local GD, the loop backend, replay."""
 import copy
+import json
+import os
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -250,9 +255,63 @@ def test_diagnostics_match_independent_per_client_computation(gen):
     assert last.update_norm == pytest.approx(step, rel=1e-10)
 
 
-def test_allocator_tuning_is_idempotent():
-    first = flu.engine.tune_allocator()
-    assert isinstance(first, bool) and flu.engine.tune_allocator() is first
+# Run in a fresh interpreter (the tuning is process-wide and done once): spy on ctypes.CDLL, then ask
+# glibc (mallinfo2().hblks, the number of mmapped blocks) whether a 48 MB malloc gets its own mmap.
+# 48 MB is above glibc's largest dynamic mmap threshold (32 MB) and below the tuned one (64 MB).
+ALLOCATOR_PROBE = """
+import ctypes, json
+opened, real_cdll = [], ctypes.CDLL
+def spy(name, *args, **kwargs):
+    opened.append(str(name))
+    return real_cdll(name, *args, **kwargs)
+ctypes.CDLL = spy
+import fedlab_utils as flu
+libc = real_cdll("libc.so.6")
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+def mmapped(size=48 << 20):
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(size)
+    after = libc.mallinfo2().hblks
+    libc.free(block)
+    return after > before
+out = dict(mmapped_before=mmapped(), first=flu.engine.tune_allocator())
+out["libc_opened_first"] = sum("libc.so" in name for name in opened)
+out["second"] = flu.engine.tune_allocator()
+out["libc_opened_second"] = sum("libc.so" in name for name in opened)
+out["mmapped_after"] = mmapped()
+print(json.dumps(out))
+"""
+
+
+GLIBC = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt and mallinfo2 are glibc's")
+
+
+def allocator_probe(**env):
+    done = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@GLIBC
+def test_allocator_tuning_keeps_large_blocks_off_mmap_once_per_process():
+    got = allocator_probe(FEDLAB_NO_MALLOPT="0")   # anything but "1" tunes
+    assert got["mmapped_before"] and got["first"] is True and got["second"] is True
+    assert got["libc_opened_first"] == 1 and got["libc_opened_second"] == 1   # mallopt once per process
+    assert not got["mmapped_after"]             # 48 MB now comes from the heap: the threshold moved
+
+
+@GLIBC
+def test_allocator_tuning_is_skipped_with_fedlab_no_mallopt():
+    got = allocator_probe(FEDLAB_NO_MALLOPT="1")
+    assert got["first"] is False and got["second"] is False
+    assert got["libc_opened_first"] == 0 and got["libc_opened_second"] == 0   # glibc is never asked
+    assert got["mmapped_before"] and got["mmapped_after"]   # large blocks still get their own mmap
 
 
 @pytest.mark.parametrize("backend", ["vectorized", "loop"])

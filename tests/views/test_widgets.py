@@ -5,8 +5,6 @@ Panels are built headless (no kernel): a control's ``.value`` set from Python fi
 observer the browser would, so each test checks that the wired compute function ran with the
 new arguments and that the panel kept its result.
 """
-import time
-
 import ipywidgets as W
 import matplotlib
 import numpy as np
@@ -179,15 +177,15 @@ def test_partition_explorer_reports_an_impossible_setting(digits):
     assert panel.error is None
 
 
-def test_partition_explorer_recompute_is_fast(digits):
+def test_partition_explorer_recomputes_once_per_change(digits):
+    # (how long a redraw takes is measured by benchmarks/widget_redraw.py, not asserted here)
     panel = fw.partition_explorer(digits.y)
-    times = []
-    for alpha in (0.05, 0.2, 1.0):
-        t0 = time.perf_counter()
+    for calls, alpha in enumerate((0.05, 0.2, 1.0), start=2):
         panel.alpha.value = alpha
-        times.append(time.perf_counter() - t0)
-    assert panel.calls == 4
-    assert min(times) < 1.0, times              # generous: about 0.2 s of CPU on an idle core
+        assert panel.calls == calls and panel.error is None
+        want = flu.partition.heterogeneity(flu.partition.dirichlet(digits.y, 20, alpha, seed=0), digits.y)
+        assert panel.result[1] == want
+        assert panel.seconds > 0
 
 
 def test_fedavg_panel_builds_and_reruns_with_new_values(monkeypatch):
