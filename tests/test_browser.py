@@ -48,6 +48,7 @@ BROWSER_NOTEBOOKS = [
     "01_data_heterogeneity.ipynb",
     "02_client_drift.ipynb",
     "04_convergence_in_practice.ipynb",
+    "07_system_heterogeneity.ipynb",
 ]
 
 SERVER_START_TIMEOUT_S = 90
