@@ -26,10 +26,19 @@ PATHOLOGICAL_SCHEMES = ("balanced", "niid_bench")
 
 # first key of each scheme's streams: np_stream(seed, scheme, *item keys, PARTITION)
 _IID, _DIRICHLET, _PATHOLOGICAL, _NIID_BENCH, _SHARDS, _QUANTITY, _INNER = range(1, 8)
+SCHEMES = {"iid": _IID, "dirichlet": _DIRICHLET, "pathological": _PATHOLOGICAL, "niid_bench": _NIID_BENCH,
+           "shards": _SHARDS, "quantity_skew": _QUANTITY, "inner_dirichlet": _INNER}
 
 
 def _rng(seed: int, scheme: int, *keys) -> np.random.Generator:
     return np_stream(seed, scheme, *keys, PARTITION)
+
+
+def rng(seed: int, scheme: str, *keys: int) -> np.random.Generator:
+    """The numpy stream a partitioner draws from: ``rng(seed, "dirichlet", draw, label)`` is what
+    ``dirichlet`` uses for ``label`` on its ``draw``-th attempt (so a from-scratch version can
+    reproduce it exactly)."""
+    return _rng(seed_value("seed", seed), SCHEMES[chk.option("scheme", scheme, SCHEMES)], *keys)
 
 
 @dataclass(frozen=True, eq=False)

@@ -525,3 +525,24 @@ def test_niid_bench_bad_arguments():
         partition.pathological(Y, 10, C + 1, scheme="niid_bench")
     with pytest.raises(ValueError, match="num_clients"):  # class 1's single sample cannot feed 3 clients
         partition.pathological(np.array([0] * 6 + [1]), 6, 1, scheme="niid_bench")
+
+
+def test_public_stream_reproduces_dirichlet_from_scratch():
+    """flu.partition.rng is the stream dirichlet draws from: a from-scratch split equals it."""
+    y = np.repeat(np.arange(4), 25)
+
+    def scratch(num_clients, alpha, seed):
+        owner = np.empty(len(y), dtype=np.int64)
+        for k in range(4):
+            rng = partition.rng(seed, "dirichlet", 0, k)
+            idx = np.flatnonzero(y == k)
+            q = rng.dirichlet(np.full(num_clients, alpha))
+            cuts = (np.cumsum(q) * len(idx)).astype(np.int64)[:-1]
+            counts = np.diff(np.concatenate(([0], cuts, [len(idx)])))
+            owner[rng.permutation(idx)] = np.repeat(np.arange(num_clients), counts)
+        return [np.flatnonzero(owner == i) for i in range(num_clients)]
+
+    part = partition.dirichlet(y, num_clients=5, alpha=10.0, seed=3, min_size=0)
+    assert all(np.array_equal(a, b) for a, b in zip(scratch(5, 10.0, 3), part))
+    with pytest.raises(ValueError, match="scheme"):
+        partition.rng(0, "nope")
