@@ -25,7 +25,7 @@ import torch
 
 from .. import algorithms as algs
 from .._core import checks as chk
-from .._core.random import DROPOUT, LORA, np_stream, stream
+from .._core.random import LORA, stream
 from ..systems.simulation import staleness_weight
 from .sampling import batch_plan, select_clients
 
@@ -86,8 +86,7 @@ def _start_jobs(setup, state, sys: dict, rows: dict) -> None:
     result = cfg.algorithm.client_update(algs.ClientRound(x, {}, state.server_state, steps, lr_sum, cfg.options,
                                                           train))
     clients = sel.numpy()
-    draws = np.array([np_stream(cfg.systems.seed, rnd, sys["events"], int(c), DROPOUT).random() for c in clients])
-    dropped = draws < ck.dropout[clients]
+    dropped = ck.dropped(clients, rnd, sys["events"])
     d, c, u = ck.times(clients, steps.numpy())
     now = sys["virtual_time"]
     for i, client in enumerate(clients.tolist()):
@@ -111,8 +110,7 @@ def _finish(setup, sys: dict, job: dict, rows: dict, timeline: list, outcome: st
     sys["energy"][job["client"]] += energy
     rows["energy_j"] += energy
     for phase, a, b in phases:
-        timeline.append(dict(round=sys["version"] + 1, client=job["client"], phase=phase, start=a, end=b,
-                             outcome=outcome))
+        timeline.append((sys["version"] + 1, job["client"], phase, a, b, outcome))
 
 
 def next_update(setup, state, rnd: int):

@@ -113,9 +113,16 @@ class Clocked:
             avail &= np.asarray(sim.churn.available(rnd, N, sim.seed), dtype=bool)
         return avail & (sys_state["energy"] < self.budget)
 
+    def dropped(self, clients: np.ndarray, *keys: int) -> np.ndarray:
+        """Who drops out: one uniform per client of the population from the stream (seed, *keys),
+        read at the selected clients, so a client's draw does not depend on who else was picked."""
+        if not (self.dropout[clients] > 0).any():
+            return np.zeros(len(clients), dtype=bool)
+        draws = np_stream(self.sim.seed, *keys, DROPOUT).random(len(self.dropout))
+        return draws[clients] < self.dropout[clients]
+
     def play(self, rnd: int, clients: np.ndarray, steps: np.ndarray, keep: int) -> clock.RoundClock:
-        draws = np.array([np_stream(self.sim.seed, rnd, int(i), DROPOUT).random() for i in clients])
-        dropped = draws < self.dropout[clients]
+        dropped = self.dropped(clients, rnd)
         d, c, u = self.times(clients, steps)
         return clock.play(d, c, u, steps, dropped, policy=self.sim.policy, deadline=self.sim.deadline, keep=keep)
 
@@ -126,15 +133,16 @@ class Clocked:
 
 
 def timeline_rows(rnd: int, clients: np.ndarray, rc: clock.RoundClock, start: float) -> list:
-    """Long-form rows for the phases each client ran (a dropped client only downloaded)."""
-    rows = []
-    for k, client in enumerate(clients.tolist()):
-        for j, phase in enumerate(clock.PHASES):
-            if rc.outcome[k] == "dropped" and phase != "download":
-                continue
-            rows.append(dict(round=rnd, client=client, phase=phase, start=start + float(rc.phases[k, j, 0]),
-                             end=start + float(rc.phases[k, j, 1]), outcome=str(rc.outcome[k])))
-    return rows
+    """Long-form rows (tuples in TIMELINE_COLUMNS order) for the phases each client ran (a dropped
+    client only downloaded)."""
+    K = len(clients)
+    ran = np.ones((K, 3), dtype=bool)
+    ran[rc.outcome == "dropped", 1:] = False
+    k, j = np.nonzero(ran)
+    starts = (start + rc.phases[k, j, 0]).tolist()
+    ends = (start + rc.phases[k, j, 1]).tolist()
+    who, what, outcome = clients[k].tolist(), np.asarray(clock.PHASES)[j].tolist(), rc.outcome[k].tolist()
+    return list(zip([rnd] * len(who), who, what, starts, ends, outcome))
 
 
 def as_tensor_mask(mask: np.ndarray) -> torch.Tensor:

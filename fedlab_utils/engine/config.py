@@ -66,6 +66,11 @@ class RunConfig:
     fingerprint: str              # of the model's initial parameters and the federation's data
     modes: tuple = ()             # one mode per client when finetune == "mixed"
 
+    @property
+    def compressing(self) -> bool:
+        """Whether uploads are encoded (``Compression("none")`` is the same as no compression)."""
+        return self.compression is not None and self.compression.method != "none"
+
     def lr(self, rnd: int, step: int) -> float:
         return float(self.client_lr(rnd, step)) if callable(self.client_lr) else float(self.client_lr)
 

@@ -80,6 +80,9 @@ def train(groups: list, x: dict, sel: torch.Tensor, idx, bw, mask, lrs, rnd: int
         rows = g.members[sel].nonzero().flatten()
         if len(rows) == 0:
             continue
+        if pull and g.mode == "lora":
+            chk.fail("finetune", "modes other than 'lora' with a proximal algorithm (its pull acts on the dense "
+                     "weights, which LoRA clients do not train)", "lora")
         begin = g.plan.client_start(x, rnd, lambda i: stream(seed, rnd, i, LORA))
         start = {k: v.unsqueeze(0).expand(len(rows), *v.shape) for k, v in begin.items()}
         g.trainer.frozen = {**g.frozen, **{k: v for k, v in x.items() if k in g.frozen}}

@@ -76,9 +76,15 @@ def run(model, federation, algorithm="fedavg", num_rounds=50, local_steps=5, cli
         l2: weight decay l2/2 ||W||^2 on weight tensors (not biases) in every client's loss.
         finetune: which parameters train and travel: "full", "linear_probe", "last_layers"
             (option ``num_layers``, default 2), "bitfit", "lora" or "ffa_lora" (option
-            ``lora_rank``, default 4).
-        systems, privacy, compression: device/network simulation, differential privacy and
-            update compression; only None until those simulations are built.
+            ``lora_rank``, default 4); or one mode per client (a list; each parameter is then
+            averaged over the clients whose mode trained it; ``flu.systems.assign_modes``).
+        systems: an ``flu.systems.Simulation`` (device, network and availability profiles on a
+            virtual clock, straggler policy, synchronous or FedAsync/FedBuff aggregation); None
+            for ideal synchronous rounds. Adds ``rounds`` columns (virtual_time, round_time,
+            clients_available, clients_dropped, clients_late, energy_j) and ``History.timeline``.
+        privacy: None (differential privacy is not built yet).
+        compression: an ``flu.systems.Compression`` of the uploaded updates ("qsgd", "topk",
+            "float16"; "none" is the same as None); bytes_up counts the encoded size.
         eval_every: evaluate the global model every this many rounds (and after the last).
         backend: "vectorized" (all selected clients as one batched computation) or "loop" (the
             plain per-client reference); they agree to rounding.
@@ -239,7 +245,7 @@ class Setup:
 
     def update_bytes(self) -> int:
         """Bytes of one client's model update as it travels (encoded when compressed)."""
-        if self.cfg.compression is None:
+        if not self.cfg.compressing:
             return self.up_bytes
         zeros = {k: torch.zeros(1, *self.params[k].shape, dtype=self.params[k].dtype) for k in self.plan.trainable}
         _, nbytes, _ = self.cfg.compression.compress(zeros, None, 1, torch.zeros(1, dtype=torch.long))
@@ -322,7 +328,7 @@ class State:
         elif setup.clocked is not None:
             state.sys = {"virtual_time": 0.0, "energy": np.zeros(N), "previous": None}
         comp = cfg.compression
-        if comp is not None and comp.method == "topk" and comp.error_feedback:
+        if cfg.compressing and comp.method == "topk" and comp.error_feedback:
             state.residual = {k: torch.zeros(N, *v.shape, dtype=v.dtype) for k, v in x.items()}
         current = setup.full(x)
         state.trajectory = [current] if cfg.record_params else None
@@ -359,7 +365,7 @@ class State:
             sys = {"virtual_time": float(saved_sys.get("virtual_time", 0.0)),
                    "energy": np.asarray(saved_sys.get("energy", torch.zeros(len(setup.sizes))), dtype=np.float64),
                    "previous": None if previous is None else np.asarray(previous, dtype=bool)}
-        timeline = [] if hist.timeline is None else hist.timeline.to_dict("records")
+        timeline = [] if hist.timeline is None else list(hist.timeline.itertuples(index=False, name=None))
         return cls(setup, dict(saved["params"]), dict(saved.get("algorithm", {})), client_state, done,
                    rows, hist.rounds.to_dict("records"), hist.timing.to_dict("records"),
                    None if hist.trajectory is None else list(hist.trajectory), sys, timeline, residual)
@@ -440,7 +446,7 @@ def play_round(setup: Setup, state: State, rnd: int) -> None:
         if setup.groups is not None:  # each parameter averaged over the clients that trained it
             delta = mixed.rescale(delta, sel, agg_w.to(dtype), setup.groups)
             up_update = mixed.upload_bytes(setup.groups, sel)
-        if cfg.compression is not None:
+        if cfg.compressing:
             before = None if state.residual is None else {k: v[sel] for k, v in state.residual.items()}
             delta, nbytes, residual = cfg.compression.compress(delta, before, rnd, sel)
             up_update = int(nbytes.sum())

@@ -160,3 +160,21 @@ def test_compressed_bytes_and_error_feedback_state():
     assert any(k.startswith("residual.") for k in hist.client_state)
     q = flu.run(model(), fed, compression=Compression("qsgd", levels=4), **ARGS)
     assert (q.rounds["bytes_up"] < flu.run(model(), fed, **ARGS).rounds["bytes_up"]).all()
+
+
+def test_compression_none_is_no_compression_even_for_lora():
+    fed = federation()
+    net = flu.models.mlp(3, 8, 2, dtype=torch.float64)
+    a = flu.run(net, fed, finetune="lora", lora_rank=2, **ARGS)
+    b = flu.run(net, fed, finetune="lora", lora_rank=2, compression=Compression("none"), **ARGS)
+    assert_same_training(a, b)
+
+
+def test_a_clients_dropout_draw_does_not_depend_on_who_else_was_selected():
+    from fedlab_utils.engine.clocked import Clocked
+    sim = Simulation(profiles=table(dropout=[0.5, 0.5, 0.5]))
+    ck = Clocked(sim, *[np.ones(3)] * 7, np.ones(3), np.ones(3), 1, np.ones(3, dtype=np.int64))
+    ck.dropout = np.full(3, 0.5)
+    both = ck.dropped(np.array([0, 2]), 7)
+    alone = ck.dropped(np.array([2]), 7)
+    assert both[1] == alone[0]

@@ -127,3 +127,9 @@ def test_each_client_memory_is_checked_for_its_own_mode():
     flu.run(model(), federation(), finetune=["full", "linear_probe", "full", "full"], **args)
     with pytest.raises(ValueError, match="finetune.*client 1"):
         flu.run(model(), federation(), finetune=["full", "full", "full", "linear_probe"], **args)
+
+
+def test_fedprox_with_a_lora_client_in_the_mix_is_refused_by_name():
+    with pytest.raises(ValueError, match="finetune"):
+        flu.run(model(), federation(), algorithm="fedprox", finetune=["lora", "full", "full", "full"],
+                num_rounds=1, progress=False)
