@@ -5,7 +5,7 @@ Loaded on first use.
 """
 import importlib as _importlib
 
-__all__ = ["drift", "explore", "fewshot", "lora_demo", "practice", "study", "systems"]
+__all__ = ["drift", "explore", "fewshot", "hetero_finetune", "lora_demo", "practice", "study", "systems"]
 
 
 def __getattr__(name):
