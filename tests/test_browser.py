@@ -49,6 +49,7 @@ BROWSER_NOTEBOOKS = [
     "02_client_drift.ipynb",
     "04_convergence_in_practice.ipynb",
     "07_system_heterogeneity.ipynb",
+    "08_heterogeneity_aware_finetuning.ipynb",
 ]
 
 SERVER_START_TIMEOUT_S = 90
