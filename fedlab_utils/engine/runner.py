@@ -402,7 +402,7 @@ class State:
 def play_round(setup: Setup, state: State, rnd: int) -> None:
     """Round ``rnd``: select, train locally, aggregate, update the server, evaluate; commit to
     ``state`` only when all of it succeeded."""
-    cfg, alg, dtype, N = setup.cfg, setup.cfg.algorithm, setup.dtype, len(setup.sizes)
+    cfg, alg, N = setup.cfg, setup.cfg.algorithm, len(setup.sizes)
     t0 = time.perf_counter()
     if setup.asynchronous:
         return _play_async(setup, state, rnd, t0)
@@ -412,55 +412,8 @@ def play_round(setup: Setup, state: State, rnd: int) -> None:
     else:
         sel, agg_w, steps, selected, systems = _clocked_selection(setup, state, rnd)
     K = len(sel)  # the clients whose update reaches the server
-    x, plan = state.x, setup.plan
-    x_new, server_state, result, up_update, residual, diag, t_local = x, state.server_state, None, 0, None, {}, [0.0]
-    if K:
-        T = int(steps.max())
-        lrs = [cfg.lr(rnd, t) for t in range(T)]
-        if callable(cfg.client_lr) and not all(math.isfinite(v) and v > 0 for v in lrs):
-            chk.fail("client_lr", "a schedule returning positive finite learning rates", lrs)
-        lr_sum = torch.tensor([sum(lrs[:s]) for s in steps.tolist()], dtype=dtype)
-        idx, bw, mask = batch_plan(setup.sizes, setup.offsets, sel, steps, cfg.batch_size, cfg.seed, rnd)
-
-        def train(shift=None, pull=0.0, start=None):
-            if setup.groups is not None:
-                t1 = time.perf_counter()
-                out = mixed.train(setup.groups, x, sel, idx, bw, mask, lrs, rnd, cfg.seed, pull)
-                t_local[0] += time.perf_counter() - t1
-                return out
-            if plan.mode == "lora" and (shift is not None or pull):
-                chk.fail("finetune", f"a mode other than 'lora' for {alg.name!r}: its local correction acts on "
-                         "the dense weights, which LoRA clients do not train (try 'ffa_lora')", "lora")
-            t1 = time.perf_counter()
-            if start is None:
-                begin = plan.client_start(x, rnd, lambda i: stream(cfg.seed, rnd, i, LORA))
-                start = {k: v.unsqueeze(0).expand(len(idx), *v.shape) for k, v in begin.items()}
-            setup.trainer.frozen = {**setup.frozen, **{k: v for k, v in x.items() if k in setup.frozen}}
-            out = plan.to_server(setup.trainer(x, idx, bw, mask, lrs, start, shift=shift, pull=pull), x)
-            t_local[0] += time.perf_counter() - t1
-            return out
-
-        result = alg.client_update(algs.ClientRound(x, {k: v[sel] for k, v in state.client_state.items()},
-                                                    state.server_state, steps, lr_sum, cfg.options, train))
-        delta, up_update = result.delta, K * setup.up_bytes
-        if setup.groups is not None:  # each parameter averaged over the clients that trained it
-            delta = mixed.rescale(delta, sel, agg_w.to(dtype), setup.groups)
-            up_update = mixed.upload_bytes(setup.groups, sel)
-        if cfg.compressing:
-            before = None if state.residual is None else {k: v[sel] for k, v in state.residual.items()}
-            delta, nbytes, residual = cfg.compression.compress(delta, before, rnd, sel)
-            up_update = int(nbytes.sum())
-        x_new, server_state = alg.server_update(algs.ServerRound(
-            x, state.server_state, delta, result.upload, agg_w.to(dtype), setup.p[sel].to(dtype), steps,
-            cfg.server_lr, cfg.options, N, sel, torch.ones(K, dtype=torch.bool)))
-        if not all(bool(torch.isfinite(v).all()) for v in x_new.values()):
-            raise FloatingPointError(f"round {rnd}: the global parameters became NaN or infinite (training "
-                                     f"diverged); try a smaller client_lr (now {lrs[0]:g}) or server_lr")
-        x_new = {k: x_new[k] for k in plan.server}
-        if cfg.diagnostics:
-            losses, grads = setup.trainer.objectives(x_new, *setup.full_batch)
-            diag = round_diagnostics(losses, grads, setup.p.to(dtype), delta, {k: x[k] - x_new[k] for k in x_new})
-    up_extra = 0 if result is None else sum(v.numel() * v.element_size() for v in result.upload.values())
+    up = _update(setup, state, rnd, sel, agg_w, steps) if K else _Update(state.x, state.server_state)
+    x_new, server_state = up.x, up.server_state
     down_extra = sum(server_state[k].numel() * server_state[k].element_size() for k in alg.broadcast) * selected
     evaluate = rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds
     current = setup.full(x_new) if (cfg.record_params or evaluate) else None
@@ -468,17 +421,16 @@ def play_round(setup: Setup, state: State, rnd: int) -> None:
     if evaluate:
         setup.evaluator(current, rnd, rows)  # raises FloatingPointError on a non-finite metric
     # ---- commit: nothing above changed the state
-    if result is not None:
-        for k, v in result.state.items():
-            state.client_state[k][sel] = v
-    if residual is not None:
-        for k, v in residual.items():
+    for k, v in up.client_state.items():
+        state.client_state[k][sel] = v
+    if up.residual is not None:
+        for k, v in up.residual.items():
             state.residual[k][sel] = v
     state.x, state.server_state = x_new, server_state
     for c in METRIC_COLUMNS:
         state.rows[c].extend(rows[c])
-    row = dict(round=rnd, clients_selected=selected, clients_completed=K, bytes_up=up_update + up_extra,
-               bytes_down=selected * setup.down_bytes + down_extra, trainable_params=setup.trainable_count, **diag)
+    row = dict(round=rnd, clients_selected=selected, clients_completed=K, bytes_up=up.bytes_up,
+               bytes_down=selected * setup.down_bytes + down_extra, trainable_params=setup.trainable_count, **up.diag)
     if systems is not None:
         state.sys, timeline, extra = systems
         state.timeline.extend(timeline)
@@ -486,10 +438,76 @@ def play_round(setup: Setup, state: State, rnd: int) -> None:
     state.round_rows.append(row)
     if cfg.record_params:
         state.trajectory.append(current)
-    T = int(steps.max()) if K else 0
-    state.timing_rows.append(dict(round=rnd, seconds=time.perf_counter() - t0, local_seconds=t_local[0],
-                                  seconds_per_step=t_local[0] / T if T else math.nan))
+    state.timing_rows.append(dict(round=rnd, seconds=time.perf_counter() - t0, local_seconds=up.local_seconds,
+                                  seconds_per_step=up.local_seconds / up.steps if up.steps else math.nan))
     state.completed = rnd
+
+
+@dataclass
+class _Update:
+    """What a round's training and aggregation produce, before it is committed."""
+
+    x: dict
+    server_state: dict
+    client_state: dict = field(default_factory=dict)   # the completing clients' new state rows
+    residual: dict | None = None                        # their new error-feedback rows
+    bytes_up: int = 0
+    diag: dict = field(default_factory=dict)
+    local_seconds: float = 0.0
+    steps: int = 0                                      # the most local steps a client took
+
+
+def _update(setup: Setup, state: State, rnd: int, sel, agg_w, steps) -> _Update:
+    """Local training of the clients ``sel`` and the server's update (nothing in ``state`` changes)."""
+    cfg, alg, dtype, N, K = setup.cfg, setup.cfg.algorithm, setup.dtype, len(setup.sizes), len(sel)
+    x, plan = state.x, setup.plan
+    T = int(steps.max())
+    lrs = [cfg.lr(rnd, t) for t in range(T)]
+    if callable(cfg.client_lr) and not all(math.isfinite(v) and v > 0 for v in lrs):
+        chk.fail("client_lr", "a schedule returning positive finite learning rates", lrs)
+    lr_sum = torch.tensor([sum(lrs[:s]) for s in steps.tolist()], dtype=dtype)
+    idx, bw, mask = batch_plan(setup.sizes, setup.offsets, sel, steps, cfg.batch_size, cfg.seed, rnd)
+    t_local = [0.0]
+
+    def train(shift=None, pull=0.0, start=None):
+        t1 = time.perf_counter()
+        if setup.groups is not None:
+            out = mixed.train(setup.groups, x, sel, idx, bw, mask, lrs, rnd, cfg.seed, pull)
+        else:
+            if plan.mode == "lora" and (shift is not None or pull):
+                chk.fail("finetune", f"a mode other than 'lora' for {alg.name!r}: its local correction acts on "
+                         "the dense weights, which LoRA clients do not train (try 'ffa_lora')", "lora")
+            if start is None:
+                begin = plan.client_start(x, rnd, lambda i: stream(cfg.seed, rnd, i, LORA))
+                start = {k: v.unsqueeze(0).expand(len(idx), *v.shape) for k, v in begin.items()}
+            setup.trainer.frozen = {**setup.frozen, **{k: v for k, v in x.items() if k in setup.frozen}}
+            out = plan.to_server(setup.trainer(x, idx, bw, mask, lrs, start, shift=shift, pull=pull), x)
+        t_local[0] += time.perf_counter() - t1
+        return out
+
+    result = alg.client_update(algs.ClientRound(x, {k: v[sel] for k, v in state.client_state.items()},
+                                                state.server_state, steps, lr_sum, cfg.options, train))
+    delta, bytes_up, residual = result.delta, K * setup.up_bytes, None
+    if setup.groups is not None:  # each parameter averaged over the clients that trained it
+        delta = mixed.rescale(delta, sel, agg_w.to(dtype), setup.groups)
+        bytes_up = mixed.upload_bytes(setup.groups, sel)
+    if cfg.compressing:
+        before = None if state.residual is None else {k: v[sel] for k, v in state.residual.items()}
+        delta, nbytes, residual = cfg.compression.compress(delta, before, rnd, sel)
+        bytes_up = int(nbytes.sum())
+    x_new, server_state = alg.server_update(algs.ServerRound(
+        x, state.server_state, delta, result.upload, agg_w.to(dtype), setup.p[sel].to(dtype), steps,
+        cfg.server_lr, cfg.options, N, sel, torch.ones(K, dtype=torch.bool)))
+    if not all(bool(torch.isfinite(v).all()) for v in x_new.values()):
+        raise FloatingPointError(f"round {rnd}: the global parameters became NaN or infinite (training "
+                                 f"diverged); try a smaller client_lr (now {lrs[0]:g}) or server_lr")
+    x_new = {k: x_new[k] for k in plan.server}
+    diag = {}
+    if cfg.diagnostics:
+        losses, grads = setup.trainer.objectives(x_new, *setup.full_batch)
+        diag = round_diagnostics(losses, grads, setup.p.to(dtype), delta, {k: x[k] - x_new[k] for k in x_new})
+    bytes_up += sum(v.numel() * v.element_size() for v in result.upload.values())
+    return _Update(x_new, server_state, result.state, residual, bytes_up, diag, t_local[0], T)
 
 
 def _play_async(setup: Setup, state: State, rnd: int, t0: float) -> None:
