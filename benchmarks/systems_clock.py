@@ -22,61 +22,50 @@ ratio mixes the clock's cost with less training, so read the "outside training" 
 
     python benchmarks/systems_clock.py [--rounds 10] [--repeats 5] [--threads 2] [--quick] [--profile]
 
-Measured on the shared 2-core development machine (torch 2.13 CPU, 2 threads), ``--rounds 10
---repeats 5``: 1035 s, not the ~5 minutes hoped for, because other engineers' jobs held the
-load average at 3-6 on 2 cores (the 1000-client full round took 2.2 s here against 0.28-0.33 s
-measured alone a minute later). ms/round is the median over runs; ratio is against ``none``
-(against ``finetune=full`` for the mixed modes); "outside" is the median ms per round outside
-local training; "done" the mean clients completed per round:
+Measured on the 2-core development machine (torch 2.13 CPU, 2 threads), ``--rounds 10 --repeats
+5``, 114 s, after the clock draws drop-outs from one stream per round (none at all when nobody can
+drop) and builds its timeline rows at once. ms/round is the median over runs; ratio is against
+``none`` (against ``finetune=full`` for the mixed modes); "outside" is the median ms per round
+outside local training; "done" the mean clients completed per round:
 
         N     K configuration         ms/round   ratio   outside    done
-      100    10 none                      36.1       1    1.5 ms    10.0
-      100    10 ideal wait_all            50.8   1.407   11.0 ms    10.0
-      100    10 ideal deadline            49.8   1.378    8.6 ms    10.0
-      100    10 phones wait_all           58.5   1.620    7.5 ms     9.0
-      100    10 phones deadline           41.1   1.138    7.0 ms     8.2
-      100    10 finetune=full             54.9       1    1.6 ms    10.0
-      100    10 finetune=[edge_mix]       62.8   1.143    2.8 ms    10.0
-      100   100 none                      22.4       1    2.9 ms   100.0
-      100   100 ideal wait_all            25.4   1.136    6.2 ms   100.0
-      100   100 ideal deadline            28.3   1.262    8.0 ms   100.0
-      100   100 phones wait_all           29.4   1.315    8.5 ms    92.6
-      100   100 phones deadline           26.0   1.161    7.7 ms    85.4
-      100   100 finetune=full             26.3       1    3.3 ms   100.0
-      100   100 finetune=[edge_mix]       27.5   1.046    3.4 ms   100.0
-     1000   100 none                     128.1       1    8.7 ms   100.0
-     1000   100 ideal wait_all           138.2   1.079   22.1 ms   100.0
-     1000   100 ideal deadline           213.7   1.668   22.0 ms   100.0
-     1000   100 phones wait_all          119.8   0.935   21.8 ms    91.5
-     1000   100 phones deadline          206.1   1.609   26.6 ms    75.2
-     1000   100 finetune=full            293.6       1   33.0 ms   100.0
-     1000   100 finetune=[edge_mix]      399.1   1.360   23.2 ms   100.0
-     1000  1000 none                    2230.4       1  240.1 ms  1000.0
-     1000  1000 ideal wait_all          2020.1   0.906  321.3 ms  1000.0
-     1000  1000 ideal deadline          2402.6   1.077  313.3 ms  1000.0
-     1000  1000 phones wait_all          2318.0   1.039  299.7 ms   914.5
-     1000  1000 phones deadline          1903.8   0.854  297.8 ms   743.7
-     1000  1000 finetune=full            2140.7       1  232.6 ms  1000.0
-     1000  1000 finetune=[edge_mix]      4118.4   1.924  243.0 ms  1000.0
+      100    10 none                       7.2       1    1.3 ms    10.0
+      100    10 ideal wait_all            10.5   1.463    2.3 ms    10.0
+      100    10 ideal deadline             6.6   0.918    1.9 ms    10.0
+      100    10 phones wait_all            7.4   1.029    2.1 ms     9.2
+      100    10 phones deadline            8.1   1.130    2.3 ms     8.5
+      100    10 finetune=full              6.4       1    1.3 ms    10.0
+      100    10 finetune=[edge_mix]       13.6   2.111    1.7 ms    10.0
+      100   100 none                      22.2       1    3.1 ms   100.0
+      100   100 ideal wait_all            27.2   1.225    4.1 ms   100.0
+      100   100 ideal deadline            21.9   0.986    4.2 ms   100.0
+      100   100 phones wait_all           22.8   1.028    4.0 ms    92.4
+      100   100 phones deadline           21.0   0.948    4.0 ms    85.3
+      100   100 finetune=full             25.0       1    3.4 ms   100.0
+      100   100 finetune=[edge_mix]       30.9   1.236    4.1 ms   100.0
+     1000   100 none                      25.2       1    3.8 ms   100.0
+     1000   100 ideal wait_all            25.1   0.998    4.9 ms   100.0
+     1000   100 ideal deadline            29.8   1.183    5.7 ms   100.0
+     1000   100 phones wait_all           26.0   1.033    4.8 ms    92.5
+     1000   100 phones deadline           23.2   0.920    4.7 ms    75.9
+     1000   100 finetune=full             29.1       1    4.5 ms   100.0
+     1000   100 finetune=[edge_mix]       39.6   1.362    6.5 ms   100.0
+     1000  1000 none                     214.5       1   27.8 ms  1000.0
+     1000  1000 ideal wait_all           226.3   1.055   36.9 ms  1000.0
+     1000  1000 ideal deadline           222.9   1.039   37.3 ms  1000.0
+     1000  1000 phones wait_all          200.6   0.935   34.4 ms   921.8
+     1000  1000 phones deadline          162.8   0.759   29.7 ms   752.4
+     1000  1000 finetune=full            209.1       1   28.7 ms  1000.0
+     1000  1000 finetune=[edge_mix]      204.6   0.978   33.9 ms  1000.0
 
-Under that load the whole-round ratios (0.85x to 1.67x) are mostly noise: ``none`` and
-``finetune=full`` are the same run, yet their medians differ by up to 2.3x (1000 / 100). The
-steadier column is "outside training": the
-clock adds about 5-9 ms per round at 100 clients, 13-18 ms at K = 100 of 1000 and 60-80 ms with
-all 1000 clients, i.e. it grows with the clients selected, and the target (under 10 %) is
-missed at small rounds and at K = 1000. cProfile (``--profile``) and timing the clock alone
-(the engine's ``_clocked_selection``, 30 calls, median) put it at 0.05-0.1 ms per selected
-client per round: 1 ms at K = 10, 6-15 ms at K = 100, 90-110 ms at K = 1000 (a round trains in
-about 280 ms there when the machine is quiet). Where it goes:
-
-1. the drop-out draws, ``np_stream(sim.seed, round, client, DROPOUT).random()`` once per
-   selected client (``engine.clocked.Clocked.play``): building a numpy Generator costs ~50 us,
-   80-90 % of the clock's time; drawn even for the ``ideal`` preset, whose drop-out is 0;
-2. ``engine.clocked.timeline_rows``: one dict per client and phase, 8-17 ms at K = 1000;
-3. once per run, ``check_profiles`` runs twice (``Simulation`` and ``Clocked.build``), 30-100 ms.
-
-The clients' selection, the phase formulas and the policy (``systems.clock.play``) cost well
-under 1 ms. Mixed modes train one batched call per mode (three here), 1.05-1.9x one mode.
+Whole-round ratios of a few milliseconds are noisy (``ideal wait_all`` and ``ideal deadline`` do
+the same work, 1.46x and 0.92x at 100 / 10). The steadier column is "outside training": the clock
+adds about 1 ms per round at K = 10 and 100 (about 1 ms of 7-25 ms: 4-14 %) and 9 ms at K = 1000
+(of 215 ms: 4 %); timed alone, the engine's ``_clocked_selection`` takes 0.47 ms at K = 10 of 100.
+Fewer clients train under ``phones`` (drop-outs, deadline), so those rounds can be faster than
+``none``. An earlier version, which built a numpy Generator per selected client for its drop-out
+draw and one dict per timeline row, cost 0.05-0.1 ms per selected client (60-80 ms at K = 1000).
+Mixed modes train one batched call per mode (three here): 1.0-2.1x one mode.
 """
 from __future__ import annotations
 
