@@ -178,3 +178,22 @@ def test_a_clients_dropout_draw_does_not_depend_on_who_else_was_selected():
     both = ck.dropped(np.array([0, 2]), 7)
     alone = ck.dropped(np.array([2]), 7)
     assert both[1] == alone[0]
+
+
+def test_each_clients_compute_time_uses_its_own_modes_cost():
+    """compute_i = steps * b_i * cost(mode_i) / samples_per_s, cost = the mode's FLOPs per step over full's."""
+    fed = federation()
+    net = flu.models.mlp(3, 16, 2, dtype=torch.float64)
+    modes = ["full", "linear_probe", "full"]
+    hist = flu.run(net, fed, finetune=modes, systems=Simulation(profiles=table()), **{**ARGS, "num_rounds": 1})
+    full = flu.finetune.cost(net, "full", input_shape=(3,), batch_size=12)["flops_step"]
+    probe = flu.finetune.cost(net, "linear_probe", input_shape=(3,), batch_size=12)["flops_step"]
+    cost = np.array([1.0, probe / full, 1.0])
+    want = 3 * np.array(SIZES) * cost / np.array([100.0, 50.0, 10.0])
+    compute = hist.timeline[hist.timeline["phase"] == "compute"].sort_values("client")
+    assert (compute["end"] - compute["start"]).tolist() == pytest.approx(list(want))
+    up = hist.timeline[hist.timeline["phase"] == "upload"].sort_values("client")
+    head = sum(p.numel() * 8 for k, p in net.named_parameters() if k.startswith("head."))
+    nbytes = np.array([sum(p.numel() * 8 for p in net.parameters()), head, sum(p.numel() * 8 for p in net.parameters())])
+    upload = np.array([0.1, 0.2, 0.5]) + 8 * nbytes / (1e6 * np.array([40.0, 4.0, 1.0]))
+    assert (up["end"] - up["start"]).tolist() == pytest.approx(list(upload))
