@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from .._core import checks as chk
 from .._core.random import DROPOUT, np_stream
@@ -27,7 +26,6 @@ from ..models import finetune as ft
 from ..systems import clock
 from ..systems.simulation import Simulation
 
-ROUND_COLUMNS = ("virtual_time", "round_time", "clients_available", "clients_dropped", "clients_late", "energy_j")
 TIMELINE_COLUMNS = ["round", "client", "phase", "start", "end", "outcome"]
 
 
@@ -143,7 +141,3 @@ def timeline_rows(rnd: int, clients: np.ndarray, rc: clock.RoundClock, start: fl
     ends = (start + rc.phases[k, j, 1]).tolist()
     who, what, outcome = clients[k].tolist(), np.asarray(clock.PHASES)[j].tolist(), rc.outcome[k].tolist()
     return list(zip([rnd] * len(who), who, what, starts, ends, outcome))
-
-
-def as_tensor_mask(mask: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(mask, dtype=torch.bool)

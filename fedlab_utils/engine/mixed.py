@@ -38,7 +38,6 @@ class Group:
     frozen: dict
     up_bytes: int
     changes: frozenset         # server (dense) names this mode's update changes
-    cost: dict                 # flu.finetune.cost of the mode (filled when a clock needs it)
 
 
 def check(modes: list, algorithm, options, params: dict) -> None:
@@ -67,7 +66,7 @@ def build(modes: list, model, params: dict, X, Y, loss, l2, backend, seed, finet
         members = torch.tensor([m == mode for m in modes], dtype=torch.bool)
         groups.append(Group(mode, members, plan, Trainer(plan.model, frozen, X, Y, loss, l2_names, l2, backend),
                             frozen, sum(names[k].numel() * names[k].element_size() for k in trainable),
-                            changes, {}))
+                            changes))
     return groups
 
 
