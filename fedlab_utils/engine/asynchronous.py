@@ -116,9 +116,10 @@ def _finish(setup, sys: dict, job: dict, rows: dict, timeline: list, outcome: st
 def next_update(setup, state, rnd: int):
     """Advance the events until the server's next update; returns (delta to apply (flat dict),
     the round's record, its timeline rows, the new systems state). Nothing in ``state`` changes."""
-    import copy
     cfg, sim = setup.cfg, setup.cfg.systems
-    sys = copy.deepcopy(state.sys)
+    sys = dict(state.sys)  # jobs and buffered updates are never changed in place: copy the containers only
+    sys.update(energy=state.sys["energy"].copy(), jobs=list(state.sys["jobs"]), pending=list(state.sys["pending"]),
+               buffer=list(state.sys["buffer"]))
     rows = dict(clients_selected=0, clients_completed=0, bytes_up=0, bytes_down=0, clients_available=0,
                 clients_dropped=0, clients_late=0, energy_j=0.0)
     timeline = []
