@@ -25,9 +25,9 @@ import torch
 
 from .. import algorithms as algs
 from .._core import checks as chk
-from .._core.random import LORA, stream
 from ..systems.simulation import staleness_weight
-from .sampling import batch_plan, select_clients
+from .sampling import select_clients
+from .training import LocalRound
 
 ASYNC_ALGORITHMS = ("fedavg", "fedprox")
 
@@ -70,21 +70,10 @@ def _start_jobs(setup, state, sys: dict, rows: dict) -> None:
     sel = sel.sort().values
     rnd = sys["version"] + 1
     steps = setup.steps[sel]
+    train = LocalRound(setup, state.x, rnd, sel, steps)
+    result = cfg.algorithm.client_update(algs.ClientRound(state.x, {}, state.server_state, steps, train.lr_sum,
+                                                          cfg.options, train))
     x = state.x
-    lrs = [cfg.lr(rnd, t) for t in range(int(steps.max()))]
-    lr_sum = torch.tensor([sum(lrs[:s]) for s in steps.tolist()], dtype=setup.dtype)
-    idx, bw, mask = batch_plan(setup.sizes, setup.offsets, sel, steps, cfg.batch_size, cfg.seed, rnd)
-
-    plan = setup.plan
-
-    def train(shift=None, pull=0.0, start=None):
-        begin = plan.client_start(x, rnd, lambda i: stream(cfg.seed, rnd, i, LORA))
-        start = {k: v.unsqueeze(0).expand(len(sel), *v.shape) for k, v in begin.items()}
-        setup.trainer.frozen = {**setup.frozen, **{k: v for k, v in x.items() if k in setup.frozen}}
-        return plan.to_server(setup.trainer(x, idx, bw, mask, lrs, start, shift=shift, pull=pull), x)
-
-    result = cfg.algorithm.client_update(algs.ClientRound(x, {}, state.server_state, steps, lr_sum, cfg.options,
-                                                          train))
     clients = sel.numpy()
     dropped = ck.dropped(clients, rnd, sys["events"])
     d, c, u = ck.times(clients, steps.numpy())

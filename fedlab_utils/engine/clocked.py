@@ -48,6 +48,7 @@ class Clocked:
 
     @classmethod
     def build(cls, sim: Simulation, *, cfg, model, sizes, input_shape, bytes_down: int, bytes_up: int) -> "Clocked":
+        from ..systems.modes import check_modes
         from ..systems.profiles import check_profiles
         N = len(sizes)
         prof = check_profiles(sim.profiles, N)
@@ -55,17 +56,13 @@ class Clocked:
         n = sizes.numpy().astype(np.int64)
         batch = n if cfg.batch_size is None else np.minimum(cfg.batch_size, n)
         b = int(cfg.batch_size or n.max())
-        modes = list(cfg.modes) if cfg.finetune == "mixed" else [cfg.finetune] * N
-        costs = {}
+        modes = check_modes(list(cfg.modes) if cfg.finetune == "mixed" else cfg.finetune, prof, model, input_shape,
+                            b, **cfg.finetune_options)  # each client's mode fits its memory_mb
+        flops = {}
         for m in dict.fromkeys(["full", *modes]):
             opts = {k: v for k, v in cfg.finetune_options.items() if k in ft.OPTIONS.get(m, {})}
-            costs[m] = ft.cost(model, m, input_shape=input_shape, batch_size=b, **opts)
-        for client, (m, mem) in enumerate(zip(modes, col["memory_mb"])):
-            need_mb = costs[m]["memory_bytes"] / 2 ** 20
-            if mem < need_mb:
-                chk.fail("finetune", f"a mode that fits every client's memory: {m!r} needs about {need_mb:.3g} MB "
-                         f"and client {client} has {mem:g} MB (try flu.systems.assign_modes or a lighter mode)", m)
-        cost = np.array([costs[m]["flops_step"] / costs["full"]["flops_step"] for m in modes])
+            flops[m] = ft.cost(model, m, input_shape=input_shape, batch_size=b, **opts)["flops_step"]
+        cost = np.array([flops[m] / flops["full"] for m in modes])
         out = cls(sim, col["samples_per_s"], col["download_mbps"], col["upload_mbps"], col["latency_s"],
                   col["dropout"], col["watts"], col["energy_budget_j"], batch, cost, int(bytes_down),
                   np.broadcast_to(np.asarray(bytes_up, dtype=np.int64), (N,)).copy())

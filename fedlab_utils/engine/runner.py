@@ -27,7 +27,6 @@ import torch
 
 from .. import algorithms as algs
 from .._core import checks as chk
-from .._core.random import LORA, stream
 from .._core.runtime import tune_allocator
 from ..models import finetune as ft
 from . import asynchronous, checks, mixed
@@ -36,6 +35,7 @@ from .diagnostics import round_diagnostics
 from .evaluate import Evaluator
 from .history import METRIC_COLUMNS, History, metrics_frame
 from .local import GATHER_BYTES, Trainer
+from .training import LocalRound
 from .sampling import batch_plan, select_clients
 
 import numpy as np
@@ -461,32 +461,9 @@ def _update(setup: Setup, state: State, rnd: int, sel, agg_w, steps) -> _Update:
     """Local training of the clients ``sel`` and the server's update (nothing in ``state`` changes)."""
     cfg, alg, dtype, N, K = setup.cfg, setup.cfg.algorithm, setup.dtype, len(setup.sizes), len(sel)
     x, plan = state.x, setup.plan
-    T = int(steps.max())
-    lrs = [cfg.lr(rnd, t) for t in range(T)]
-    if callable(cfg.client_lr) and not all(math.isfinite(v) and v > 0 for v in lrs):
-        chk.fail("client_lr", "a schedule returning positive finite learning rates", lrs)
-    lr_sum = torch.tensor([sum(lrs[:s]) for s in steps.tolist()], dtype=dtype)
-    idx, bw, mask = batch_plan(setup.sizes, setup.offsets, sel, steps, cfg.batch_size, cfg.seed, rnd)
-    t_local = [0.0]
-
-    def train(shift=None, pull=0.0, start=None):
-        t1 = time.perf_counter()
-        if setup.groups is not None:
-            out = mixed.train(setup.groups, x, sel, idx, bw, mask, lrs, rnd, cfg.seed, pull)
-        else:
-            if plan.mode == "lora" and (shift is not None or pull):
-                chk.fail("finetune", f"a mode other than 'lora' for {alg.name!r}: its local correction acts on "
-                         "the dense weights, which LoRA clients do not train (try 'ffa_lora')", "lora")
-            if start is None:
-                begin = plan.client_start(x, rnd, lambda i: stream(cfg.seed, rnd, i, LORA))
-                start = {k: v.unsqueeze(0).expand(len(idx), *v.shape) for k, v in begin.items()}
-            setup.trainer.frozen = {**setup.frozen, **{k: v for k, v in x.items() if k in setup.frozen}}
-            out = plan.to_server(setup.trainer(x, idx, bw, mask, lrs, start, shift=shift, pull=pull), x)
-        t_local[0] += time.perf_counter() - t1
-        return out
-
+    train = LocalRound(setup, x, rnd, sel, steps)
     result = alg.client_update(algs.ClientRound(x, {k: v[sel] for k, v in state.client_state.items()},
-                                                state.server_state, steps, lr_sum, cfg.options, train))
+                                                state.server_state, steps, train.lr_sum, cfg.options, train))
     delta, bytes_up, residual = result.delta, K * setup.up_bytes, None
     if setup.groups is not None:  # each parameter averaged over the clients that trained it
         delta = mixed.rescale(delta, sel, agg_w.to(dtype), setup.groups)
@@ -500,14 +477,14 @@ def _update(setup: Setup, state: State, rnd: int, sel, agg_w, steps) -> _Update:
         cfg.server_lr, cfg.options, N, sel, torch.ones(K, dtype=torch.bool)))
     if not all(bool(torch.isfinite(v).all()) for v in x_new.values()):
         raise FloatingPointError(f"round {rnd}: the global parameters became NaN or infinite (training "
-                                 f"diverged); try a smaller client_lr (now {lrs[0]:g}) or server_lr")
+                                 f"diverged); try a smaller client_lr (now {train.lrs[0]:g}) or server_lr")
     x_new = {k: x_new[k] for k in plan.server}
     diag = {}
     if cfg.diagnostics:
         losses, grads = setup.trainer.objectives(x_new, *setup.full_batch)
         diag = round_diagnostics(losses, grads, setup.p.to(dtype), delta, {k: x[k] - x_new[k] for k in x_new})
     bytes_up += sum(v.numel() * v.element_size() for v in result.upload.values())
-    return _Update(x_new, server_state, result.state, residual, bytes_up, diag, t_local[0], T)
+    return _Update(x_new, server_state, result.state, residual, bytes_up, diag, train.seconds, len(train.lrs))
 
 
 def _play_async(setup: Setup, state: State, rnd: int, t0: float) -> None:

@@ -104,3 +104,9 @@ def test_fedasync_moves_toward_the_arriving_local_model_against_the_newest_x():
     alone = flu.run(model(), flu.data.Federation.from_clients(fed.train[1:]), **{**args, "num_rounds": 1})
     for k, v in alone.params.items():
         torch.testing.assert_close(hist.trajectory[4][k], v, rtol=0, atol=1e-14)
+
+
+def test_fedprox_with_lora_is_refused_by_name_asynchronously_too():
+    with pytest.raises(ValueError, match="finetune"):
+        flu.run(model(), federation(), finetune="lora", algorithm="fedprox",
+                systems=Simulation(profiles=same_devices(4), aggregation="fedasync"), **ARGS)
