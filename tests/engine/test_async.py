@@ -108,5 +108,5 @@ def test_fedasync_moves_toward_the_arriving_local_model_against_the_newest_x():
 
 def test_fedprox_with_lora_is_refused_by_name_asynchronously_too():
     with pytest.raises(ValueError, match="finetune"):
-        flu.run(model(), federation(), finetune="lora", algorithm="fedprox",
+        flu.run(model(), federation(), finetune="lora", lora_rank=2, algorithm="fedprox",
                 systems=Simulation(profiles=same_devices(4), aggregation="fedasync"), **ARGS)
