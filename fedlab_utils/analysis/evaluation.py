@@ -3,8 +3,11 @@
 Follows the personalisation benchmark of Motley (Wu et al. 2022): every number is computed per
 client first, then summarised (mean, median, worst 10%, fraction of clients made worse), because
 a federated model that helps the average client can still hurt many of them. ``personalize``
-fine-tunes the global model on each client (0, 1, 5, ... SGD steps); ``best_steps`` picks the step
-count on validation clients and ``personalization_report`` reports it on test clients. Every public function
+fine-tunes the global (or each client's personal) model on each client (0, 1, 5, ... SGD steps);
+``best_steps`` picks the step count on validation clients and ``personalization_report`` reports it
+on test clients; ``protocol`` does both for several methods in one long table. ``episodes`` is the
+N-way K-shot meta-test on novel classes (Vinyals et al. 2016, Snell et al. 2017) with a fresh head
+(Chen et al. 2019). Every public function
 checks its arguments: an unknown ``loss``, ``split`` or ``metric``, a table without the columns
 it needs or an out-of-range ``confidence`` is a ValueError naming it.
 """
@@ -23,8 +26,10 @@ from ..data.datasets import Federation
 from .._core.losses import LOSSES, f1_macro, predictions_correct, sample_losses
 from ..engine.history import History
 from ..engine.runner import run
+from ..data.fewshot import episode
 from ..models.finetune import prepare
-from .._core.random import BATCH, seed_value, stream
+from ..models.nets import head_prefix
+from .._core.random import BATCH, FEWSHOT, mix, seed_value, stream
 
 COLUMNS = ["client", "split", "model", "metric", "value"]
 METRICS = ("loss", "accuracy", "f1_macro")  # what evaluate reports (regression: loss only)
@@ -242,6 +247,41 @@ def _steps(steps) -> tuple:
     return tuple(vals)
 
 
+STARTS = ("global", "personal")
+
+
+def _personal_rows(hist_or_model, start: str, fed: Federation, model: nn.Module) -> dict | None:
+    """For ``start="personal"``: ``hist.personal_params`` checked against the model and the federation."""
+    if start == "global":
+        return None
+    if not isinstance(hist_or_model, History):
+        chk.fail("start", "'global' for a plain module ('personal' needs an flu.History with personal_params)",
+                 start)
+    personal = hist_or_model.personal_params
+    if personal is None:
+        chk.fail("start", "'global' for a run without personal models (hist.personal_params is None)", start)
+    if not isinstance(personal, dict) or not personal:
+        chk.fail("hist_or_model", "a History whose personal_params is a non-empty dict name -> (N, ...) tensor",
+                 type(personal).__name__)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    lead = set()
+    for name, value in personal.items():
+        if name not in shapes:
+            chk.fail("hist_or_model", f"a History whose personal_params name parameters of hist.model "
+                     f"({sorted(shapes)})", name)
+        if not isinstance(value, torch.Tensor) or value.ndim == 0 or tuple(value.shape[1:]) != shapes[name]:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            chk.fail("hist_or_model", f"personal_params[{name!r}] of shape (N, *{shapes[name]})", got)
+        lead.add(int(value.shape[0]))
+    if len(lead) != 1:
+        chk.fail("hist_or_model", "personal_params with one leading (client) axis length", sorted(lead))
+    (n,) = lead
+    if n != fed.num_clients:
+        chk.fail("federation", f"the run's {n} clients (the leading axis of hist.personal_params)",
+                 f"a federation of {fed.num_clients} clients")
+    return personal
+
+
 def _start_model(hist_or_model) -> nn.Module:
     if isinstance(hist_or_model, History):
         if hist_or_model.model is None:
@@ -254,23 +294,31 @@ def _start_model(hist_or_model) -> nn.Module:
 
 def personalize(hist_or_model, federation: Federation, steps=(0, 1, 5), lr: float = 0.05, *,
                 batch_size: int | None = None, finetune: str = "full", loss: str = "cross_entropy",
-                split: str = "test", seed: int = 0) -> pd.DataFrame:
+                split: str = "test", seed: int = 0, start: str = "global") -> pd.DataFrame:
     """Fine-tune the global model on each client and evaluate it before and after (Motley, Wu et al. 2022).
 
-    For every client i, starting from the global model w (``hist.model`` or the given module),
-    take ``max(steps)`` SGD steps ``w <- w - lr * grad L_i(w; B_t)`` on client i's training split,
-    only on the parameters ``flu.finetune.prepare(model, finetune).trainable`` names ("full": all;
-    LoRA modes add adapters seeded by ``seed``), with B_t client i's full training set
-    (``batch_size=None``) or the ``batch_size`` examples with the smallest keys of a uniform draw
-    from the stream (seed, client, step, BATCH). After each step count in ``steps`` the model is
-    evaluated on client i's ``split`` ("train"/"test", or the federation's own split names).
+    For every client i, start from w_i: the global model w (``hist.model`` or the given module)
+    with ``start="global"``; with ``start="personal"`` client i's personal model, w with every
+    parameter named in ``hist.personal_params`` (name -> (N, ...) tensor, N the federation's
+    clients, filled by personalisation methods) replaced by its row i. Take ``max(steps)`` SGD
+    steps ``w_i <- w_i - lr * grad L_i(w_i; B_t)`` on client i's training split, only on the
+    parameters ``flu.finetune.prepare(model, finetune).trainable`` names ("full": all; LoRA modes
+    add adapters seeded by ``seed``), with B_t client i's full training set (``batch_size=None``)
+    or the ``batch_size`` examples with the smallest keys of a uniform draw from the stream
+    (seed, client, step, BATCH). After each step count in ``steps`` the model is evaluated on
+    client i's ``split`` ("train"/"test", or the federation's own split names).
 
     Returns a long table ``client, steps, split, model, metric, value``: model "global" at
-    steps=0, "personal" otherwise; metrics ``loss`` and (for class labels) ``accuracy``. Clients
-    with an empty evaluation split are left out; a client without training data keeps w.
+    steps=0 with ``start="global"``, "personal" otherwise; metrics ``loss`` and (for class labels)
+    ``accuracy``. Clients with an empty evaluation split are left out; a client without training
+    data keeps w_i. ``start="personal"`` without personal models (a plain module, or
+    ``hist.personal_params`` None) is a ValueError naming ``start``; a federation of another size
+    than the run's, one naming ``federation``.
     """
     model = _start_model(hist_or_model)
     fed = _federation("federation", federation)
+    start = chk.option("start", start, STARTS)
+    personal = _personal_rows(hist_or_model, start, fed, model)
     steps = _steps(steps)
     lr = chk.real("lr", lr, low=0, low_open=True)
     if batch_size is not None:
@@ -291,6 +339,11 @@ def personalize(hist_or_model, federation: Federation, steps=(0, 1, 5), lr: floa
         if len(ye) == 0:
             continue
         net = copy.deepcopy(plan.model)
+        if personal is not None:
+            named = dict(net.named_parameters())
+            with torch.no_grad():
+                for n, v in personal.items():
+                    named[n].copy_(v[i].to(named[n].dtype))
         params = [p for n, p in net.named_parameters() if n in trainable]
         for n, p in net.named_parameters():
             p.requires_grad_(n in trainable)
@@ -313,7 +366,7 @@ def personalize(hist_or_model, federation: Federation, steps=(0, 1, 5), lr: floa
                 done += 1
             with torch.no_grad():
                 out = net(Xe)
-            tag = "global" if target == 0 else "personal"
+            tag = "global" if target == 0 and personal is None else "personal"
             vals = {"loss": float(sample_losses(out, ye, loss).mean())}
             if not ye.is_floating_point():
                 vals["accuracy"] = float(predictions_correct(out, ye).mean())
@@ -382,3 +435,149 @@ def personalization_report(table: pd.DataFrame, test_clients, steps: int, metric
     hurt = (v < base) if up else (v > base)
     return {"steps": steps, "mean": float(v.mean()), "median": float(np.median(v)),
             "worst_10pct": float(worst.mean()), "clients": int(len(v)), "fraction_hurt": float(hurt.mean())}
+
+
+# ---------------------------------------------------------------------- protocol over methods
+PROTOCOL_COLUMNS = ["method", "group", "steps", "statistic", "value"]
+STATISTICS = ("mean", "median", "worst_10pct", "fraction_hurt", "clients")
+
+
+def protocol(tables, validation_clients, test_clients, metric: str = "accuracy", *,
+             group: str = "seen") -> pd.DataFrame:
+    """Motley's personalisation protocol (Wu et al. 2022) over several methods, as one long table.
+
+    ``tables`` maps a method label to its :func:`personalize` table (one split). For each method
+    the step count s* = argmax_s mean_{i in V} m_i(s) is chosen on ``validation_clients`` V
+    (:func:`best_steps`; argmin for the loss, ties to the fewest steps) and reported on the
+    disjoint ``test_clients`` T (:func:`personalization_report`): mean, median, worst_10pct (mean
+    of the worst ceil(|T|/10) clients), fraction_hurt = |{i in T: m_i(s*) worse than m_i(0)}| / |T|
+    and clients = |T|. A table with only steps=0 reports s* = 0, fraction_hurt 0.
+
+    Returns long form ``method, group, steps, statistic, value`` (``group`` tags every row, e.g.
+    "seen" / "unseen" clients), one row per method and statistic.
+    """
+    from collections.abc import Mapping
+
+    if not isinstance(tables, Mapping):
+        raise TypeError(f"tables must be a mapping method label -> personalize table, got {type(tables).__name__}")
+    if not tables:
+        chk.fail("tables", "a non-empty mapping method label -> personalize table", "an empty mapping")
+    if not isinstance(group, str):
+        raise TypeError(f"group must be a str, got {type(group).__name__}")
+    chk.option("metric", metric, tuple(_HIGHER_IS_BETTER))
+    val = _clients("validation_clients", validation_clients)
+    test = _clients("test_clients", test_clients)
+    shared = sorted(set(val) & set(test))
+    if shared:
+        chk.fail("test_clients", "clients disjoint from validation_clients", f"clients {shared} in both")
+    rows = []
+    for method, table in tables.items():
+        try:
+            s = best_steps(table, val, metric)
+            report = personalization_report(table, test, s, metric)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"tables[{method!r}]: {err}") from err
+        rows += [(str(method), group, s, k, float(report[k])) for k in STATISTICS]
+    df = pd.DataFrame(rows, columns=PROTOCOL_COLUMNS)
+    df["steps"] = df["steps"].astype("int64")
+    return df
+
+
+# ---------------------------------------------------------------------- N-way K-shot episodes
+EPISODE_COLUMNS = ["episode", "steps", "metric", "value"]
+
+
+def _fresh_head(net: nn.Module, n_way: int) -> nn.Module:
+    """``net`` with its head (``flu.models.nets.head_prefix``) replaced by a zero nn.Linear of
+    ``n_way`` outputs (drawn from no generator: ``skip_init`` then zeros)."""
+    prefix = head_prefix(net).rstrip(".")
+    old = net.get_submodule(prefix) if prefix else net
+    if not isinstance(old, nn.Linear):
+        chk.fail("model", "a model whose head (flu.models.head_prefix) is an nn.Linear",
+                 f"a {type(old).__name__} head {prefix!r}")
+    head = nn.utils.skip_init(nn.Linear, old.in_features, n_way, bias=old.bias is not None,
+                              dtype=old.weight.dtype, device=old.weight.device)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.zero_()
+    if not prefix:
+        return head
+    parent, _, leaf = prefix.rpartition(".")
+    setattr(net.get_submodule(parent) if parent else net, leaf, head)
+    return net
+
+
+def episodes(model: nn.Module, X, y, classes, *, n_way: int = 5, shots: int = 5, query: int = 15,
+             num_episodes: int = 20, steps=(0, 5, 20), lr: float = 0.1, finetune: str = "linear_probe",
+             seed: int = 0) -> pd.DataFrame:
+    """N-way K-shot meta-testing on novel ``classes`` (Vinyals et al. 2016; Snell et al. 2017).
+
+    Episode e draws ``n_way`` of ``classes`` with ``shots`` support and ``query`` query examples
+    each (``flu.fewshot.episode`` on the examples whose label is in ``classes``, seed
+    ``mix(seed, e, FEWSHOT)``). As in Chen et al. 2019 ("A closer look at few-shot
+    classification"), the head is replaced by a fresh zero-initialised Linear with ``n_way``
+    outputs (so step 0 predicts class 0 everywhere: accuracy 1/n_way, loss log n_way) and the
+    parameters ``flu.finetune.prepare(model, finetune).trainable`` names take full-batch SGD
+    steps w <- w - lr grad L_support(w) (cross-entropy); after each count in ``steps`` the model is
+    evaluated on the query set. ``model`` is left unchanged.
+
+    Returns long form ``episode, steps, metric, value`` with metrics ``accuracy`` and ``loss``.
+    """
+    _module("model", model)
+    y_np = chk.labels("y", y)
+    try:
+        X = torch.as_tensor(X)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"X must be a tensor or an array of features, got {type(X).__name__}") from None
+    if X.ndim == 0 or len(X) != len(y_np):
+        chk.fail("X", f"one row per label ({len(y_np)})", f"shape {tuple(X.shape)}")
+    want = "a non-empty sequence of class labels (ints) present in y"
+    try:
+        cls = np.asarray(classes).ravel()
+    except (TypeError, ValueError):
+        chk.fail("classes", want, classes)
+    if cls.size == 0 or not np.issubdtype(cls.dtype, np.integer):
+        chk.fail("classes", want, classes)
+    cls = np.unique(cls)
+    missing = sorted(set(cls.tolist()) - set(np.unique(y_np).tolist()))
+    if missing:
+        chk.fail("classes", "labels present in y", f"labels {missing} absent")
+    n_way = chk.integer("n_way", n_way, low=2)
+    if n_way > len(cls):
+        chk.fail("n_way", f"at most the {len(cls)} given classes", n_way)
+    shots = chk.integer("shots", shots, low=1)
+    query = chk.integer("query", query, low=1)
+    num_episodes = chk.integer("num_episodes", num_episodes, low=1)
+    steps = _steps(steps)
+    lr = chk.real("lr", lr, low=0, low_open=True)
+    seed = seed_value("seed", seed)
+    keep = np.isin(y_np, cls)
+    Xn, yn = X[torch.from_numpy(keep)], torch.from_numpy(y_np[keep])
+    plan = prepare(_fresh_head(copy.deepcopy(model), n_way), finetune, seed=seed)
+    trainable = set(plan.trainable)
+    dtype = _dtype(plan.model)
+    rows = []
+    for e in range(num_episodes):
+        Xs, ys, Xq, yq, _ = episode(Xn, yn, n_way, shots, query, seed=mix(seed, e, FEWSHOT))
+        Xs, Xq = Xs.to(dtype), Xq.to(dtype)
+        net = copy.deepcopy(plan.model)
+        for n, p in net.named_parameters():
+            p.requires_grad_(n in trainable)
+        params = [p for n, p in net.named_parameters() if n in trainable]
+        done = 0
+        for target in steps:
+            while done < target:
+                obj = sample_losses(net(Xs), ys, "cross_entropy").mean()
+                grads = torch.autograd.grad(obj, params)
+                with torch.no_grad():
+                    for p, g in zip(params, grads):
+                        p.sub_(lr * g)
+                done += 1
+            with torch.no_grad():
+                out = net(Xq)
+            rows.append((e, target, "accuracy", float(predictions_correct(out, yq).mean())))
+            rows.append((e, target, "loss", float(sample_losses(out, yq, "cross_entropy").mean())))
+    df = pd.DataFrame(rows, columns=EPISODE_COLUMNS)
+    df["episode"] = df["episode"].astype("int64")
+    df["steps"] = df["steps"].astype("int64")
+    return df

@@ -202,3 +202,67 @@ def test_personalization_report_on_test_clients():
         flu.evaluation.personalization_report(t[t.steps != 0], [2, 3], 5)
     with pytest.raises(ValueError, match="test_clients"):
         flu.evaluation.personalization_report(t, [], 5)
+
+
+# ---------------------------------------------------------------- start="personal"
+
+@pytest.fixture(scope="module")
+def tiny():
+    g = torch.Generator().manual_seed(3)  # test data only (a private generator)
+    clients = [(torch.randn(10, 3, generator=g, dtype=torch.float64), torch.randint(0, 2, (10,), generator=g))
+               for _ in range(3)]
+    tests = [(torch.randn(6, 3, generator=g, dtype=torch.float64), torch.randint(0, 2, (6,), generator=g))
+             for _ in range(3)]
+    fed = flu.data.Federation.from_clients(clients, tests)
+    model = torch.nn.utils.skip_init(torch.nn.Linear, 3, 2, dtype=torch.float64)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(2, 3, generator=g, dtype=torch.float64))
+        model.bias.copy_(torch.randn(2, generator=g, dtype=torch.float64))
+    personal = {"weight": torch.randn(3, 2, 3, generator=g, dtype=torch.float64)}
+    hist = flu.History(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), {}, {}, model=model, personal_params=personal)
+    return fed, hist
+
+
+def test_personal_start_equals_per_client_sgd_from_the_personal_weights(tiny):
+    fed, hist = tiny
+    lr, steps = 0.4, (0, 1, 3)
+    table = flu.evaluation.personalize(hist, fed, steps=steps, lr=lr, start="personal")
+    assert set(table.model) == {"personal"}
+    for i, ((X, y), (Xt, yt)) in enumerate(zip(fed.train, fed.test)):
+        W = hist.personal_params["weight"][i].clone().requires_grad_(True)  # row i replaces the global weight
+        b = hist.model.bias.detach().clone().requires_grad_(True)            # the bias stays global
+        done = 0
+        for k in steps:
+            for _ in range(k - done):
+                gW, gb = torch.autograd.grad(torch.nn.functional.cross_entropy(X @ W.T + b, y), (W, b))
+                with torch.no_grad():
+                    W -= lr * gW
+                    b -= lr * gb
+            done = k
+            with torch.no_grad():
+                out = Xt @ W.T + b
+            assert abs(_value(table, i, k, "loss") - torch.nn.functional.cross_entropy(out, yt).item()) < 1e-12
+            assert abs(_value(table, i, k, "accuracy") - (out.argmax(1) == yt).double().mean().item()) < 1e-12
+    glob = flu.evaluation.personalize(hist, fed, steps=(0,), lr=lr)
+    assert set(glob.model) == {"global"}
+    start_loss = table[(table.steps == 0) & (table.metric == "loss")].value
+    assert not np.allclose(glob[glob.metric == "loss"].value, start_loss)
+    assert torch.equal(hist.model.weight, tiny[1].model.weight)  # nothing written back
+
+
+def test_personal_start_errors_name_the_parameter(tiny):
+    fed, hist = tiny
+    with pytest.raises(ValueError, match="start"):
+        flu.evaluation.personalize(hist.model, fed, start="personal")
+    with pytest.raises(ValueError, match="start"):
+        flu.evaluation.personalize(hist, fed, start="local")
+    plain = flu.History(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), {}, {}, model=hist.model)
+    with pytest.raises(ValueError, match="start"):
+        flu.evaluation.personalize(plain, fed, start="personal")
+    two = flu.data.Federation(fed.train[:2], fed.test[:2])
+    with pytest.raises(ValueError, match="federation"):
+        flu.evaluation.personalize(hist, two, start="personal")
+    wrong = flu.History(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), {}, {}, model=hist.model,
+                        personal_params={"head.weight": hist.personal_params["weight"]})
+    with pytest.raises(ValueError, match="hist_or_model"):
+        flu.evaluation.personalize(wrong, fed, start="personal")

@@ -3,7 +3,7 @@
 ``base`` (partitions, learning curves, metric sweeps), ``convergence`` (notebooks 02-03),
 ``practice`` (04), ``fewshot`` (05). The shared ones are also here: ``flu.plots.plot_partitions``.
 """
-from . import convergence, fewshot, hetero, practice, systems
+from . import convergence, fewshot, hetero, personal, practice, systems
 from .base import (METHOD_COLORS, canonical_label, method_color, method_palette, plot_client_sizes,
                    plot_label_bars, plot_label_heatmap, plot_learning_curves, plot_metric_vs, plot_partitions)
 
