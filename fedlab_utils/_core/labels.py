@@ -13,6 +13,10 @@ METHOD_COLORS = {
     "FedAvg": "#1f77b4", "FedProx": "#ff7f0e", "SCAFFOLD": "#2ca02c", "FedNova": "#d62728",
     "FedDyn": "#9467bd", "FedAvgM": "#8c564b", "FedAdam": "#e377c2", "FedYogi": "#bcbd22",
     "FedAdagrad": "#17becf",
+    # meta-learning and personalisation (seaborn "muted" / "colorblind")
+    "Reptile": "#4878d0", "FedMeta (FOMAML)": "#ee854a", "Per-FedAvg": "#6acc64", "FedPer": "#d65f5f",
+    "FedRep": "#956cb4", "FedBABU": "#8c613c", "LG-FedAvg": "#dc7ec0", "Ditto": "#d5bb67",
+    "APFL": "#82c6e2", "FedAvg + fine-tuning": "#0173b2",
     # fine-tuning modes (seaborn "dark")
     "Full": "#001c7f", "Linear probe": "#b1400d", "LoRA": "#12711c", "FFA-LoRA": "#006374",
     "BitFit": "#591e71", "Last layers": "#a23582", "None (prototypes)": "#b8850a",
@@ -22,7 +26,9 @@ METHOD_COLORS = {
 ALIASES = {
     "fedavg": "FedAvg", "fedprox": "FedProx", "scaffold": "SCAFFOLD", "fednova": "FedNova",
     "feddyn": "FedDyn", "fedavgm": "FedAvgM", "fedadam": "FedAdam", "fedyogi": "FedYogi",
-    "fedadagrad": "FedAdagrad", "full": "Full", "linear_probe": "Linear probe", "lora": "LoRA",
+    "fedadagrad": "FedAdagrad", "reptile": "Reptile", "fomaml": "FedMeta (FOMAML)", "perfedavg": "Per-FedAvg",
+    "fedper": "FedPer", "fedrep": "FedRep", "fedbabu": "FedBABU", "lg_fedavg": "LG-FedAvg", "ditto": "Ditto",
+    "apfl": "APFL", "fedavg_ft": "FedAvg + fine-tuning", "full": "Full", "linear_probe": "Linear probe", "lora": "LoRA",
     "ffa_lora": "FFA-LoRA", "bitfit": "BitFit", "last_layers": "Last layers",
     "none": "None (prototypes)", "prototypes": "None (prototypes)", "local": "Local only",
     "local_only": "Local only", "centralised": "Centralised", "centralized": "Centralised",

@@ -94,7 +94,11 @@ class ClientRound:
     steps: torch.Tensor       # (K,) local steps tau_i
     lr_sum: torch.Tensor      # (K,) sum of the client learning rates over each client's steps
     options: Options
-    train: Callable           # train(shift=None, pull=0.0, start=None) -> stacked local params
+    train: Callable           # train(shift=None, pull=0.0, start=None, fixed=(), steps=None, draw=0) -> stacked params
+    grad: Callable = None     # grad(params, step=0, draw=0, part="train") -> stacked minibatch gradients
+    hvp: Callable = None      # hvp(params, vector, step=0, draw=0, part="train") -> stacked Hessian-vector products
+    head: tuple = ()          # names of the trainable parameters in the model's head (the rest is the body)
+    lrs: tuple = ()           # the client learning rate of each local step
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,8 @@ class ClientResult:
 class ServerRound:
     """What the server receives: the stacked ``delta`` and ``upload`` of the K clients, the
     aggregation ``weights`` (K,) of the sampling scheme and the population weights ``p`` (K,),
-    the selected ``clients`` and which of them ``completed`` their round."""
+    the selected ``clients`` and which of them ``completed`` their round, and ``head`` (the
+    trainable names in the model's head)."""
 
     params: Params
     server_state: Params
@@ -125,6 +130,7 @@ class ServerRound:
     num_clients: int
     clients: torch.Tensor = None      # (K,) ids of the selected clients
     completed: torch.Tensor = None    # (K,) bool: which selected clients completed (all, without systems)
+    head: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,16 @@ class Algorithm:
     defaults is turned into one); ``flu.run`` replaces fields by name, so unknown names are
     errors and ``__post_init__`` (or ``check_options``) validates the values. ``broadcast`` names
     the server-state entries sent to clients (counted in bytes_down).
+
+    ``kind`` is "optimization", "meta" (meta-learning: a client rule that may call
+    ``ClientRound.grad``/``hvp``) or "personal" (personalisation). ``stays`` names the part of the
+    model that never travels ("head" or "body"; "" for none): it is left out of bytes_up and
+    bytes_down, and the model needs a body/head split. ``keeps`` names the part of which every
+    client keeps a personal copy across rounds ("head", "body", "all" or ""): the engine stores it
+    as client state ``"personal." + name`` (N, ...), initially the round-0 global values.
+    Personal models are the global model with those copies in place, or what
+    ``personal(x, client_state, options) -> {name: (N, ...)}`` returns (APFL's mixture); they fill
+    ``History.personal_params`` and the ``model="personal"`` metrics.
     """
 
     name: str
@@ -149,6 +165,14 @@ class Algorithm:
     default_server_lr: float = 1.0
     label: str = ""
     check_options: Callable = lambda options: None
+    kind: str = "optimization"
+    stays: str = ""
+    keeps: str = ""
+    personal: Callable | None = None
+
+    @property
+    def has_personal(self) -> bool:
+        return bool(self.keeps) or self.personal is not None
 
     def __post_init__(self):
         if not self.label:  # the one plot label of this method (flu._core.labels)
@@ -170,6 +194,19 @@ class Algorithm:
         options = dataclasses.replace(self.options, **values)
         self.check_options(options)
         return options
+
+
+PERSONAL = "personal."  # client-state prefix of the personal copies
+
+
+def personal_copies(client_state: Params) -> Params:
+    """``{name: (N, ...)}`` of the client state's personal copies (``"personal." + name``)."""
+    return {k[len(PERSONAL):]: v for k, v in client_state.items() if k.startswith(PERSONAL)}
+
+
+def expand(params: Params, K: int) -> Params:
+    """``params`` repeated along a new leading client axis of size K (fresh storage)."""
+    return {k: v.unsqueeze(0).repeat(K, *[1] * v.dim()) for k, v in params.items()}
 
 
 def weighted_sum(stacked: Params, w: torch.Tensor) -> Params:

@@ -220,6 +220,9 @@ def configure(model, federation, *, algorithm, num_rounds, local_steps, client_l
         chk.fail("checkpoint", "a file path in an existing directory", str(checkpoint))
     if resume is not None and not resume.exists():
         chk.fail("resume", "an existing checkpoint file", str(resume))
+    if alg.kind != "optimization" and mode in ("lora", "mixed"):
+        chk.fail("finetune", f"one mode other than 'lora' with {alg.kind} algorithm {alg.name!r} (its client rule "
+                 "works on the parameters it trains, in the server's coordinates)", finetune)
     if diagnostics and mode == "lora":
         chk.fail("diagnostics", "False with finetune='lora' (its server and client coordinates differ)", True)
     return RunConfig(

@@ -1,4 +1,5 @@
-"""Evaluation of the global model on every client's train and test split, and pooled."""
+"""Evaluation of the global model, and of each client's personal model, on every client's train
+and test split, per client and pooled."""
 from __future__ import annotations
 
 import math
@@ -11,7 +12,9 @@ from ..data.datasets import Federation
 
 
 class Evaluator:
-    """Loss/accuracy of the global model on every client's train and test split, and pooled."""
+    """Loss/accuracy (and F1 on the held-out split) per client and pooled over all examples:
+    ``model="global"`` for the global parameters, ``model="personal"`` when each client's
+    personal parameters ``{name: (N, ...)}`` override them on that client's data."""
 
     def __init__(self, model, fed: Federation, dtype, loss, classification):
         self.model, self.loss, self.classification = model, loss, classification
@@ -26,32 +29,44 @@ class Evaluator:
             cid = torch.repeat_interleave(torch.arange(len(pairs)), torch.tensor(sizes))
             self.splits[split] = (X, Y, cid, torch.tensor(sizes, dtype=torch.float64))
 
+    def _outputs(self, params, X, sizes, personal):
+        if personal is None:
+            return torch.cat([functional_call(self.model, params, (X[i:i + 8192],)) for i in range(0, len(X), 8192)])
+        outs, start = [], 0
+        for c, n in enumerate(sizes.long().tolist()):
+            if n:
+                own = {**params, **{k: v[c] for k, v in personal.items()}}
+                outs.append(functional_call(self.model, own, (X[start:start + n],)))
+            start += n
+        return torch.cat(outs)
+
     @torch.no_grad()
-    def __call__(self, params, rnd, rows):
+    def __call__(self, params, rnd, rows, personal=None):
+        tag = "global" if personal is None else "personal"
         for split, (X, Y, cid, sizes) in self.splits.items():
-            out = torch.cat([functional_call(self.model, params, (X[i:i + 8192],)) for i in range(0, len(X), 8192)])
+            out = self._outputs(params, X, sizes, personal)
             per = {"loss": sample_losses(out, Y, self.loss).to(torch.float64)}
             if self.classification:
                 per["accuracy"] = predictions_correct(out, Y)
             for metric, values in per.items():
                 if not math.isfinite(float(values.sum())):
                     raise FloatingPointError(
-                        f"round {rnd}: the {split} {metric} is not finite (training diverged); "
+                        f"round {rnd}: the {split} {metric} of the {tag} model is not finite (training diverged); "
                         "try a smaller client_lr")
                 sums = torch.zeros(len(sizes), dtype=torch.float64).index_add_(0, cid, values)
                 keep = sizes > 0
                 clients = torch.arange(len(sizes))[keep]
-                _append(rows, rnd, -1, split, metric, float(values.mean()))
+                _append(rows, rnd, -1, split, tag, metric, float(values.mean()))
                 for c, v in zip(clients.tolist(), (sums[keep] / sizes[keep]).tolist()):
-                    _append(rows, rnd, c, split, metric, v)
+                    _append(rows, rnd, c, split, tag, metric, v)
             if self.classification and split == self.held_out:
-                _append(rows, rnd, -1, split, "f1_macro", f1_macro(out, Y))
+                _append(rows, rnd, -1, split, tag, "f1_macro", f1_macro(out, Y))
 
 
-def _append(rows, rnd, client, split, metric, value):
+def _append(rows, rnd, client, split, model, metric, value):
     rows["round"].append(rnd)
     rows["client"].append(client)
     rows["split"].append(split)
-    rows["model"].append("global")
+    rows["model"].append(model)
     rows["metric"].append(metric)
     rows["value"].append(value)

@@ -1,9 +1,11 @@
 """Local training of the selected clients: one primitive for every algorithm.
 
-``Trainer(x, idx, w, mask, lrs, start, shift, pull)`` runs the minibatch SGD steps of
-``F_i(w) + <shift_i, w> + pull/2 ||w - x||^2 (+ l2/2 ||W||^2)`` for all selected clients, either
-stacked along a client axis (``backend="vectorized"``: ``flu.models.batched``) or one client at
-a time (``backend="loop"``, the plain reference).
+``Trainer(x, idx, w, mask, lrs, start, shift, pull, fixed)`` runs the minibatch SGD steps of
+``F_i(w) + <shift_i, w> + pull/2 ||w - x||^2 (+ l2/2 ||W||^2)`` for all selected clients (the
+parameters named in ``fixed`` keep their start values), either stacked along a client axis
+(``backend="vectorized"``: ``flu.models.batched``) or one client at a time (``backend="loop"``,
+the plain reference). ``Trainer.grad`` and ``Trainer.hvp`` give the stacked minibatch gradients
+and Hessian-vector products that meta-learning rules compose.
 """
 from __future__ import annotations
 
@@ -26,20 +28,76 @@ class Trainer:
 
     chunk = None  # clients trained at once by the vectorised backend (None: all selected)
 
-    def __call__(self, x, idx, w, mask, lrs, start, shift=None, pull=0.0):
+    def __call__(self, x, idx, w, mask, lrs, start, shift=None, pull=0.0, fixed=()):
         if self.backend == "loop":
-            return self._loop(x, idx, w, mask, lrs, shift, pull, start)
-        K = idx.shape[0]
+            return self._loop(x, idx, w, mask, lrs, shift, pull, start, fixed)
+        return self._chunked(lambda rows, sh, st: self._vectorized(x, idx[rows], w[rows], mask[rows], lrs, sh, pull,
+                                                                   st, fixed), idx.shape[0], shift, start)
+
+    def _chunked(self, fn, K, *stacked):
+        """``fn(rows, *stacked[rows])`` over chunks of at most ``chunk`` clients (stacked clients that
+        would not fit in memory at once), concatenated."""
         c = K if self.chunk is None else self.chunk
+        cut = lambda d, rows: None if d is None else {k: v[rows] for k, v in d.items()}
         if K <= c:
-            return self._vectorized(x, idx, w, mask, lrs, shift, pull, start)
-        parts = []
-        for a in range(0, K, c):  # stacked clients that would not fit in memory at once
-            rows = slice(a, min(a + c, K))
-            parts.append(self._vectorized(x, idx[rows], w[rows], mask[rows], lrs,
-                                          None if shift is None else {k: v[rows] for k, v in shift.items()},
-                                          pull, {k: v[rows] for k, v in start.items()}))
+            return fn(slice(None), *stacked)
+        parts = [fn(slice(a, min(a + c, K)), *(cut(d, slice(a, min(a + c, K))) for d in stacked))
+                 for a in range(0, K, c)]
         return {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
+
+    def _batch_loss(self, P, idx, w):
+        """``sum_k sum_b w_kb loss(f(P_k; X_kb), Y_kb)``: the sum over clients of their minibatch means."""
+        out = stacked_forward(self.model, {**self.frozen, **P}, self.X[idx], frozenset(P))
+        return (sample_losses(out, self.Y[idx], self.loss) * w.to(out.dtype)).sum()
+
+    def _plus_l2(self, grads: dict, P: dict) -> dict:
+        return {k: g + self.l2 * P[k] if self.l2 and k in self.l2_names else g for k, g in grads.items()}
+
+    def grad(self, params, idx, w):
+        """Stacked gradients ``grad F_i(P_i; B_i)`` at stacked ``params`` (K, ...) on the minibatches
+        ``idx`` (K, B) with example weights ``w`` (K, B) (a row of zeros gives a zero gradient)."""
+        if self.backend == "loop":
+            return self._loop_grad(params, idx, w)
+
+        def fn(rows, P):
+            leaves = {k: v.detach().requires_grad_() for k, v in P.items()}
+            grads = torch.autograd.grad(self._batch_loss(leaves, idx[rows], w[rows]), list(leaves.values()))
+            return self._plus_l2({k: g.detach() for k, g in zip(leaves, grads)}, P)
+        return self._chunked(fn, idx.shape[0], params)
+
+    def hvp(self, params, vector, idx, w):
+        """Stacked Hessian-vector products ``grad^2 F_i(P_i; B_i) v_i`` (autograd, double backward)."""
+        if self.backend == "loop":
+            return self._loop_grad(params, idx, w, vector)
+
+        def fn(rows, P, V):
+            leaves = {k: v.detach().requires_grad_() for k, v in P.items()}
+            grads = torch.autograd.grad(self._batch_loss(leaves, idx[rows], w[rows]), list(leaves.values()),
+                                        create_graph=True)
+            dot = sum((g * V[k]).sum() for k, g in zip(leaves, grads))
+            hv = torch.autograd.grad(dot, list(leaves.values()))
+            return self._plus_l2({k: h.detach() for k, h in zip(leaves, hv)}, V)
+        return self._chunked(fn, idx.shape[0], params, vector)
+
+    def _loop_grad(self, params, idx, w, vector=None):
+        """The per-client reference of :meth:`grad` (and of :meth:`hvp` when ``vector`` is given)."""
+        rows = []
+        for k in range(idx.shape[0]):
+            sel = idx[k][w[k] > 0]
+            P = {n: v[k].detach().requires_grad_() for n, v in params.items()}
+            if len(sel) == 0:
+                rows.append({n: torch.zeros_like(v) for n, v in P.items()})
+                continue
+            out = functional_call(self.model, {**self.frozen, **P}, (self.X[sel],))
+            lval = sample_losses(out, self.Y[sel], self.loss).mean()
+            grads = torch.autograd.grad(lval, list(P.values()), create_graph=vector is not None)
+            if vector is None:
+                rows.append(self._plus_l2({n: g.detach() for n, g in zip(P, grads)}, P))
+            else:
+                V = {n: v[k] for n, v in vector.items()}
+                hv = torch.autograd.grad(sum((g * V[n]).sum() for n, g in zip(P, grads)), list(P.values()))
+                rows.append(self._plus_l2({n: h.detach() for n, h in zip(P, hv)}, V))
+        return {n: torch.stack([r[n] for r in rows]) for n in params}
 
     def _grad_terms(self, g, name, p, x, shift, pull, rows=slice(None)):
         if self.l2 and name in self.l2_names:
@@ -50,10 +108,12 @@ class Trainer:
             g = g + pull * (p - x[name])
         return g
 
-    def _vectorized(self, x, idx, w, mask, lrs, shift, pull, start):
-        names = list(start)
-        P = {k: start[k].detach().clone() for k in names}
-        stacked = frozenset(names)
+    def _vectorized(self, x, idx, w, mask, lrs, shift, pull, start, fixed=()):
+        P = {k: start[k].detach().clone() for k in start}
+        names = [k for k in start if k not in fixed]
+        if not names:
+            return P
+        stacked = frozenset(P)
         w = w.to(next(iter(P.values())).dtype)
         # every step's minibatch in one gather (K, T, B, ...) when it is small, else step by step
         at_once = idx.numel() * self.X[0].numel() * self.X.element_size() <= GATHER_BYTES
@@ -62,7 +122,7 @@ class Trainer:
             m = mask[:, t]
             leaves = {k: P[k].requires_grad_() for k in names}
             xt, yt = (Xb[:, t], Yb[:, t]) if at_once else (self.X[idx[:, t]], self.Y[idx[:, t]])
-            out = stacked_forward(self.model, {**self.frozen, **leaves}, xt, stacked)
+            out = stacked_forward(self.model, {**self.frozen, **P, **leaves}, xt, stacked)
             total = (sample_losses(out, yt, self.loss) * w[:, t]).sum()
             grads = torch.autograd.grad(total, [leaves[k] for k in names])
             full = bool(m.all())
@@ -87,21 +147,20 @@ class Trainer:
                  for k, g in zip(names, grads)}
         return (per.detach() + self.l2 / 2 * penalty).to(torch.float64), grads
 
-    def _loop(self, x, idx, w, mask, lrs, shift, pull, start):
-        names = list(start)
+    def _loop(self, x, idx, w, mask, lrs, shift, pull, start, fixed=()):
+        names = [n for n in start if n not in fixed]
         rows = []
         for k in range(idx.shape[0]):
-            b = int((w[k, 0] > 0).sum())
-            P = {n: start[n][k].detach().clone() for n in names}
-            for t in range(int(mask[k].sum())):
+            P = {n: start[n][k].detach().clone() for n in start}
+            for t in range(int(mask[k].sum()) if names else 0):
                 leaves = {n: P[n].requires_grad_() for n in names}
-                sel = idx[k, t, :b]
-                out = functional_call(self.model, {**self.frozen, **leaves}, (self.X[sel],))
+                sel = idx[k, t][w[k, t] > 0]
+                out = functional_call(self.model, {**self.frozen, **P, **leaves}, (self.X[sel],))
                 lval = sample_losses(out, self.Y[sel], self.loss).mean()
                 grads = torch.autograd.grad(lval, [leaves[n] for n in names])
                 with torch.no_grad():
                     for n, g in zip(names, grads):
                         g = self._grad_terms(g, n, P[n], x, shift, pull, rows=k)
                         P[n] = P[n].detach() - lrs[t] * g
-            rows.append(P)
-        return {n: torch.stack([r[n] for r in rows]) for n in names}
+            rows.append({n: v.detach() for n, v in P.items()})
+        return {n: torch.stack([r[n] for r in rows]) for n in start}

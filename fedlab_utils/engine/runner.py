@@ -35,7 +35,7 @@ from .diagnostics import round_diagnostics
 from .evaluate import Evaluator
 from .history import METRIC_COLUMNS, History, metrics_frame
 from .local import GATHER_BYTES, Trainer
-from .training import LocalRound
+from .training import LocalRound, support_query
 from .sampling import batch_plan, select_clients
 
 import numpy as np
@@ -163,6 +163,9 @@ class Setup:
     clocked: object = None    # the virtual clock (engine.clocked.Clocked) with systems=
     upload_extra: int = 0     # bytes each client uploads besides its update (control variates, ...)
     groups: list | None = None  # one group of clients per fine-tuning mode with finetune=[...] (engine.mixed)
+    head: tuple = ()            # trainable names in the model's head
+    keeps: tuple = ()           # names of which every client keeps a personal copy (Algorithm.keeps)
+    parts: dict | None = None   # each client's support/query split (meta-learning with support_fraction)
 
     @property
     def asynchronous(self) -> bool:
@@ -197,12 +200,20 @@ class Setup:
                                    torch.ones(N, dtype=torch.long), None, cfg.seed, 0)
             full_batch = (idx, w)
         nbytes = {k: v.numel() * v.element_size() for k, v in params.items()}
-        setup = cls(cfg, model, plan, params, frozen, sizes, torch.cumsum(sizes, 0) - sizes,
+        head = _head(cfg, plan, trainable)
+        part = {"head": set(head), "body": set(trainable) - set(head), "all": set(trainable), "": set()}
+        stays = part[cfg.algorithm.stays]
+        offsets = torch.cumsum(sizes, 0) - sizes
+        setup = cls(cfg, model, plan, params, frozen, sizes, offsets,
                     torch.as_tensor(federation.weights(cfg.weights), dtype=torch.float64),
                     torch.tensor(cfg.local_steps, dtype=torch.long), trainer,
                     Evaluator(copy.deepcopy(model), federation, dtype, cfg.loss, not Y.is_floating_point()),
-                    sum(nbytes[k] for k in trainable), sum(nbytes[k] for k in plan.server),
-                    sum(params[k].numel() for k in trainable), full_batch)
+                    sum(nbytes[k] for k in trainable if k not in stays),
+                    sum(nbytes[k] for k in plan.server if k not in stays),
+                    sum(params[k].numel() for k in trainable), full_batch, head=head,
+                    keeps=tuple(k for k in trainable if k in part[cfg.algorithm.keeps]))
+        if "support_fraction" in cfg.options.names():
+            setup.parts = support_query(sizes, offsets, cfg.options.support_fraction, cfg.seed)
         if mixed_modes:
             setup._attach_modes(X, Y)
         if cfg.systems is not None:
@@ -260,6 +271,19 @@ class Setup:
         return self.plan.merged({k: (x[k] if k in x else v).detach().clone() for k, v in self.params.items()})
 
 
+def _head(cfg, plan, trainable) -> tuple:
+    """The trainable names in the model's head; an algorithm that keeps a part of the model on the
+    clients (``Algorithm.stays``) needs both a trainable body and a trainable head."""
+    prefix = ft.head_prefix(plan.model)
+    head = tuple(k for k in trainable if k.startswith(prefix))
+    part = cfg.algorithm.stays or cfg.algorithm.keeps
+    if part in ("head", "body") and (not head or len(head) == len(trainable)):
+        chk.fail("model", f"a model with a trainable body and head for {cfg.algorithm.name!r} (it keeps the "
+                 f"{part} on the clients); with finetune={cfg.finetune!r} the trainable parameters "
+                 f"are {list(trainable)}", type(plan.model).__name__)
+    return head
+
+
 def _upload_extra(cfg, setup) -> int:
     """Bytes one client uploads besides its model update: the algorithm's ``upload`` entries,
     found by calling its client rule once on one client with a no-op local training."""
@@ -268,12 +292,16 @@ def _upload_extra(cfg, setup) -> int:
     state = {k: v.unsqueeze(0) for k, v in template.items()}
     server_state = cfg.algorithm.init_server(x, cfg.options)
 
-    def train(shift=None, pull=0.0, start=None):
-        return {k: v.unsqueeze(0).clone() for k, v in x.items()}
+    def train(shift=None, pull=0.0, start=None, fixed=(), steps=None, draw=0):
+        return {k: v.unsqueeze(0).clone() for k, v in x.items()} if start is None else dict(start)
+
+    def grad(params, *args, **kwargs):
+        return {k: torch.zeros_like(v) for k, v in params.items()}
 
     one = torch.ones(1, dtype=torch.long)
-    result = cfg.algorithm.client_update(algs.ClientRound(x, state, server_state, one,
-                                                          torch.ones(1, dtype=setup.dtype), cfg.options, train))
+    result = cfg.algorithm.client_update(algs.ClientRound(x, state, server_state, one, torch.ones(1, dtype=setup.dtype),
+                                                          cfg.options, train, grad, lambda p, v, *a, **k: grad(v),
+                                                          setup.head, (1.0,)))
     return sum(v[0].numel() * v.element_size() for v in result.upload.values())
 
 
@@ -321,8 +349,8 @@ class State:
         x = {k: setup.params[k] for k in setup.plan.server}
         template = cfg.algorithm.init_client(x, cfg.options)
         N = len(setup.sizes)
-        state = cls(setup, x, cfg.algorithm.init_server(x, cfg.options),
-                    {k: v.unsqueeze(0).repeat(N, *[1] * v.dim()) for k, v in template.items()})
+        template.update({algs.PERSONAL + k: x[k] for k in setup.keeps})
+        state = cls(setup, x, cfg.algorithm.init_server(x, cfg.options), algs.expand(template, N))
         if setup.asynchronous:
             state.sys = asynchronous.start_state(N)
         elif setup.clocked is not None:
@@ -333,7 +361,18 @@ class State:
         current = setup.full(x)
         state.trajectory = [current] if cfg.record_params else None
         setup.evaluator(current, 0, state.rows)
+        if cfg.algorithm.has_personal:
+            setup.evaluator(current, 0, state.rows, personal=state.personal())
         return state
+
+    def personal(self, x=None, client_state=None) -> dict | None:
+        """Each client's personal parameters ``{name: (N, ...)}`` (None for methods without them)."""
+        alg = self.setup.cfg.algorithm
+        x = self.x if x is None else x
+        client_state = self.client_state if client_state is None else client_state
+        if alg.personal is not None:
+            return alg.personal(x, client_state, self.setup.cfg.options)
+        return algs.personal_copies(client_state) or None
 
     @classmethod
     def resume(cls, setup: Setup, hist: History) -> "State":
@@ -394,7 +433,7 @@ class State:
             client_state.update({RESIDUAL + k: v for k, v in self.residual.items()})
         return History(metrics_frame(self.rows), pd.DataFrame(self.round_rows), pd.DataFrame(self.timing_rows),
                        setup.cfg.describe(), final, trained, self.trajectory, client_state,
-                       server_state=server_state, timeline=timeline)
+                       server_state=server_state, personal_params=self.personal(), timeline=timeline)
 
 
 # ------------------------------------------------------------------------------- one round
@@ -420,6 +459,11 @@ def play_round(setup: Setup, state: State, rnd: int) -> None:
     rows = {c: [] for c in METRIC_COLUMNS}
     if evaluate:
         setup.evaluator(current, rnd, rows)  # raises FloatingPointError on a non-finite metric
+        if alg.has_personal:
+            after = {k: v.clone() for k, v in state.client_state.items()}
+            for k, v in up.client_state.items():
+                after[k][sel] = v
+            setup.evaluator(current, rnd, rows, personal=state.personal(x_new, after))
     # ---- commit: nothing above changed the state
     for k, v in up.client_state.items():
         state.client_state[k][sel] = v
@@ -463,7 +507,8 @@ def _update(setup: Setup, state: State, rnd: int, sel, agg_w, steps) -> _Update:
     x, plan = state.x, setup.plan
     train = LocalRound(setup, x, rnd, sel, steps)
     result = alg.client_update(algs.ClientRound(x, {k: v[sel] for k, v in state.client_state.items()},
-                                                state.server_state, steps, train.lr_sum, cfg.options, train))
+                                                state.server_state, steps, train.lr_sum, cfg.options, train,
+                                                train.grad, train.hvp, setup.head, tuple(train.lrs)))
     delta, bytes_up, residual = result.delta, K * setup.up_bytes, None
     if setup.groups is not None:  # each parameter averaged over the clients that trained it
         delta = mixed.rescale(delta, sel, agg_w.to(dtype), setup.groups)
@@ -474,7 +519,7 @@ def _update(setup: Setup, state: State, rnd: int, sel, agg_w, steps) -> _Update:
         bytes_up = int(nbytes.sum())
     x_new, server_state = alg.server_update(algs.ServerRound(
         x, state.server_state, delta, result.upload, agg_w.to(dtype), setup.p[sel].to(dtype), steps,
-        cfg.server_lr, cfg.options, N, sel, torch.ones(K, dtype=torch.bool)))
+        cfg.server_lr, cfg.options, N, sel, torch.ones(K, dtype=torch.bool), setup.head))
     if not all(bool(torch.isfinite(v).all()) for v in x_new.values()):
         raise FloatingPointError(f"round {rnd}: the global parameters became NaN or infinite (training "
                                  f"diverged); try a smaller client_lr (now {train.lrs[0]:g}) or server_lr")
