@@ -58,8 +58,10 @@ def run(model, federation, algorithm="fedavg", num_rounds=50, local_steps=5, cli
         federation: an ``flu.data.Federation``: per-client train (and test) tensors. Data that do
             not fit the model are refused before round 0.
         algorithm: a name in ``flu.algorithms.REGISTRY`` ("fedavg", "fedprox", "scaffold",
-            "fednova", "feddyn", "fedavgm", "fedadam", "fedyogi", "fedadagrad") or an
-            ``flu.algorithms.Algorithm``.
+            "fednova", "feddyn", "fedavgm", "fedadam", "fedyogi", "fedadagrad"; meta-learning
+            "reptile", "fomaml", "perfedavg"; personalisation "fedper", "fedrep", "fedbabu",
+            "lg_fedavg", "ditto", "apfl") or an ``flu.algorithms.Algorithm``. Methods with
+            personal models add ``model="personal"`` metric rows and ``History.personal_params``.
         num_rounds: communication rounds R >= 1.
         local_steps: SGD steps per client per round: an int, or one int per client.
         client_lr: the clients' learning rate: a positive float, or a callable ``(round, step)``
@@ -101,7 +103,9 @@ def run(model, federation, algorithm="fedavg", num_rounds=50, local_steps=5, cli
             ``progress`` and the checkpoint settings may differ): the run goes on from its last
             completed round and ends with the result an uninterrupted run would give.
         **options: the algorithm's options (FedProx ``mu``; FedDyn ``alpha``; FedAvgM
-            ``server_momentum``; FedAdam/FedYogi/FedAdagrad ``beta1``, ``beta2``, ``tau``) and the
+            ``server_momentum``; FedAdam/FedYogi/FedAdagrad ``beta1``, ``beta2``, ``tau``; FOMAML
+            ``inner_lr``, ``inner_steps``, ``support_fraction``; Per-FedAvg ``inner_lr``, ``variant``,
+            ``hvp_delta``; FedRep ``head_steps``; Ditto ``lam``; APFL ``mix``) and the
             fine-tuning mode's (``num_layers``, ``lora_rank``). Unknown names, and names both the
             mode and the algorithm claim, are errors.
 
