@@ -169,6 +169,7 @@ class Setup:
     groups: list | None = None  # one group of clients per fine-tuning mode with finetune=[...] (engine.mixed)
     head: tuple = ()            # trainable names in the model's head
     keeps: tuple = ()           # names of which every client keeps a personal copy (Algorithm.keeps)
+    stays: tuple = ()           # trainable names that never travel (Algorithm.stays)
     parts: dict | None = None   # each client's support/query split (meta-learning with support_fraction)
 
     @property
@@ -215,7 +216,8 @@ class Setup:
                     sum(nbytes[k] for k in trainable if k not in stays),
                     sum(nbytes[k] for k in plan.server if k not in stays),
                     sum(params[k].numel() for k in trainable), full_batch, head=head,
-                    keeps=tuple(k for k in trainable if k in part[cfg.algorithm.keeps]))
+                    keeps=tuple(k for k in trainable if k in part[cfg.algorithm.keeps]),
+                    stays=tuple(k for k in trainable if k in stays))
         if "support_fraction" in cfg.options.names():
             setup.parts = support_query(sizes, offsets, cfg.options.support_fraction, cfg.seed)
         if mixed_modes:
@@ -262,7 +264,8 @@ class Setup:
         """Bytes of one client's model update as it travels (encoded when compressed)."""
         if not self.cfg.compressing:
             return self.up_bytes
-        zeros = {k: torch.zeros(1, *self.params[k].shape, dtype=self.params[k].dtype) for k in self.plan.trainable}
+        zeros = {k: torch.zeros(1, *self.params[k].shape, dtype=self.params[k].dtype) for k in self.plan.trainable
+                 if k not in self.stays}
         _, nbytes, _ = self.cfg.compression.compress(zeros, None, 1, torch.zeros(1, dtype=torch.long))
         return int(nbytes[0])
 
@@ -361,7 +364,7 @@ class State:
             state.sys = {"virtual_time": 0.0, "energy": np.zeros(N), "previous": None}
         comp = cfg.compression
         if cfg.compressing and comp.method == "topk" and comp.error_feedback:
-            state.residual = {k: torch.zeros(N, *v.shape, dtype=v.dtype) for k, v in x.items()}
+            state.residual = {k: torch.zeros(N, *v.shape, dtype=v.dtype) for k, v in x.items() if k not in setup.stays}
         current = setup.full(x)
         state.trajectory = [current] if cfg.record_params else None
         setup.evaluator(current, 0, state.rows)
@@ -519,7 +522,9 @@ def _update(setup: Setup, state: State, rnd: int, sel, agg_w, steps) -> _Update:
         bytes_up = mixed.upload_bytes(setup.groups, sel)
     if cfg.compressing:
         before = None if state.residual is None else {k: v[sel] for k, v in state.residual.items()}
-        delta, nbytes, residual = cfg.compression.compress(delta, before, rnd, sel)
+        travel = {k: v for k, v in delta.items() if k not in setup.stays}   # what stays is not sent
+        sent, nbytes, residual = cfg.compression.compress(travel, before, rnd, sel)
+        delta = {**delta, **sent}
         bytes_up = int(nbytes.sum())
     x_new, server_state = alg.server_update(algs.ServerRound(
         x, state.server_state, delta, result.upload, agg_w.to(dtype), setup.p[sel].to(dtype), steps,

@@ -326,3 +326,17 @@ def test_fomaml_refuses_a_client_too_small_to_split():
                                             (torch.ones(3, D, dtype=torch.float64), torch.ones(3, dtype=torch.float64))])
     with pytest.raises(ValueError, match="support_fraction"):
         flu.run(flu.models.linear(D), fed, algorithm="fomaml", num_rounds=1, loss="mse", progress=False)
+
+
+def test_compressed_uploads_count_only_what_travels():
+    fed, _ = linear_representation(N=4, n=10)
+    model = TwoLayer(8, 2)
+    kw = dict(num_rounds=2, local_steps=2, client_lr=0.05, batch_size=None, loss="mse", progress=False,
+              compression=flu.systems.Compression("float16"))
+    per = flu.run(model, fed, algorithm="fedper", **kw)
+    lg = flu.run(model, fed, algorithm="lg_fedavg", **kw)
+    assert int(per.rounds.bytes_up.iloc[0]) == 4 * 16 * 2 and int(lg.rounds.bytes_up.iloc[0]) == 4 * 2 * 2
+    topk = flu.run(model, fed, algorithm="fedrep", **{**kw, "compression": flu.systems.Compression("topk", fraction=1.0)})
+    plain = flu.run(model, fed, algorithm="fedrep", **{k: v for k, v in kw.items() if k != "compression"})
+    assert topk.rounds.bytes_up.equals(plain.rounds.bytes_up)
+    assert torch.equal(topk.params["body.weight"], plain.params["body.weight"])
