@@ -72,7 +72,8 @@ def run(model, federation, algorithm="fedavg", num_rounds=50, local_steps=5, cli
             algorithm's default (1.0 for averaging, 1e-2 for FedAdam/FedYogi/FedAdagrad).
         clients_per_round: clients sampled per round; None for all of them every round.
         sampling: "uniform" (K without replacement, weights p_i renormalised), "li_scheme_1" or
-            "li_scheme_2" (the unbiased schemes of Li et al. 2020, ICLR).
+            "li_scheme_2" (the unbiased schemes of Li et al. 2020, ICLR), "poisson" (each client
+            independently with probability q = clients_per_round / N, weight p_i / q).
         weights: "samples" (p_i = n_i / n) or "uniform" (p_i = 1 / N).
         loss: "cross_entropy" (softmax; binary on a single logit) or "mse" (no 1/2).
         l2: weight decay l2/2 ||W||^2 on weight tensors (not biases) in every client's loss.

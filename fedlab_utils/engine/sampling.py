@@ -8,7 +8,7 @@ import torch
 
 from .._core.random import BATCH, SAMPLE, stream
 
-SAMPLING = ("uniform", "li_scheme_1", "li_scheme_2")
+SAMPLING = ("uniform", "li_scheme_1", "li_scheme_2", "poisson")
 
 
 def select_clients(num_clients: int, k: int | None, p: torch.Tensor, sampling: str, seed: int, rnd: int,
@@ -21,6 +21,9 @@ def select_clients(num_clients: int, k: int | None, p: torch.Tensor, sampling: s
       (a client drawn twice counts twice).
     - ``li_scheme_2`` (Scheme II): k uniform without replacement, weights p_i N / k (unbiased; they
       sum to 1 only for balanced p).
+    - ``poisson``: each client independently with probability q = k / N, weight p_i / q (unbiased,
+      not renormalised; the number of clients varies by round and may be 0: the sampling that
+      Opacus' RDP accountant assumes for client-level differential privacy).
 
     ``available`` (a bool mask over the clients, from a systems simulation) restricts the draw to
     the available clients (all of them when fewer than k are available; N becomes their number
@@ -37,6 +40,10 @@ def select_clients(num_clients: int, k: int | None, p: torch.Tensor, sampling: s
     if k is None or (k == num_clients and sampling != "li_scheme_1"):
         return torch.arange(num_clients), p.clone()
     g = stream(seed, rnd, SAMPLE)
+    if sampling == "poisson":
+        q = k / num_clients
+        sel = (torch.rand(num_clients, generator=g, dtype=torch.float64) < q).nonzero().flatten()
+        return sel, p[sel] / q
     if sampling == "li_scheme_1":
         draws = torch.multinomial(p, k, replacement=True, generator=g)
         sel, counts = torch.unique(draws, return_counts=True)

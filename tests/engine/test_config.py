@@ -96,7 +96,7 @@ class _Strict(Options):
     (dict(client_lr=-0.1), "client_lr"),
     (dict(client_lr=float("inf")), "client_lr"),
     (dict(clients_per_round=4), "clients_per_round"),
-    (dict(sampling="poisson"), "sampling"),
+    (dict(sampling="bernoulli"), "sampling"),
     (dict(weights="size"), "weights"),
     (dict(loss="hinge"), "loss"),
     (dict(l2=-1.0), "l2"),

@@ -90,7 +90,7 @@ def test_mse_and_schedule_match_reference(gen):
     torch.testing.assert_close(hist.params["head.weight"], w, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("sampling", ["uniform", "li_scheme_1", "li_scheme_2"])
+@pytest.mark.parametrize("sampling", ["uniform", "li_scheme_1", "li_scheme_2", "poisson"])
 def test_backends_agree_float64(gen, sampling):
     clients = make_clients(gen, sizes=(20, 35, 8, 50, 13))
     fed = flu.data.Federation.from_clients(clients, test=clients)
@@ -209,7 +209,7 @@ def test_divergence_names_round(gen):
     (dict(client_lr=-1), "client_lr"),
     (dict(batch_size=0), "batch_size"),
     (dict(num_rounds=0), "num_rounds"),
-    (dict(sampling="poisson"), "sampling"),
+    (dict(sampling="bernoulli"), "sampling"),
     (dict(weights="size"), "weights"),
     (dict(mu=0.1), "mu"),
     (dict(backend="gpu"), "backend"),
@@ -326,3 +326,36 @@ def test_plain_torch_module_runs(gen, backend):
     seq = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
     probe = flu.run(seq, fed, num_rounds=2, finetune="linear_probe", progress=False, backend=backend)
     assert torch.equal(probe.params["0.weight"], seq[0].weight.detach())
+
+
+def test_poisson_sampling_draws_each_client_with_probability_q_and_weights_it_p_over_q():
+    """Independent Bernoulli(q) selection per client and round, weights p_i / q (unbiased)."""
+    from fedlab_utils.engine.sampling import select_clients
+    N, k = 10, 3
+    p = torch.arange(1, N + 1, dtype=torch.float64)
+    p = p / p.sum()
+    counts, totals, sizes = torch.zeros(N), torch.zeros(N, dtype=torch.float64), set()
+    R = 4000
+    for rnd in range(1, R + 1):
+        sel, w = select_clients(N, k, p, "poisson", 7, rnd)
+        torch.testing.assert_close(w, p[sel] / (k / N), atol=0, rtol=0)
+        counts[sel] += 1
+        totals[sel] += w
+        sizes.add(len(sel))
+    q = k / N
+    assert (abs(counts / R - q) < 4 * (q * (1 - q) / R) ** 0.5).all()
+    torch.testing.assert_close(totals / R, p, atol=0.02, rtol=0)   # E[sum_i w_i 1{i in S}] = p_i
+    assert 0 in sizes and len(sizes) > 4                          # the number of clients varies, 0 included
+    again = [select_clients(N, k, p, "poisson", 7, r)[0].tolist() for r in (1, 2)]
+    assert again == [select_clients(N, k, p, "poisson", 7, r)[0].tolist() for r in (1, 2)]
+
+
+def test_a_poisson_round_without_clients_is_recorded_and_changes_nothing(gen):
+    clients = [(X, y.double()) for X, y in make_clients(gen, sizes=(5, 6, 7))]
+    fed = flu.data.Federation.from_clients(clients)
+    hist = flu.run(flu.models.linear(4, dtype=torch.float64), fed, num_rounds=30, clients_per_round=1, sampling="poisson", loss="mse",
+                   progress=False, record_params=True, seed=1)
+    empty = hist.rounds[hist.rounds.clients_selected == 0]["round"].tolist()
+    assert empty, "expected a round without clients at q = 1/3 over 30 rounds"
+    for r in empty:
+        assert torch.equal(hist.trajectory[r]["head.weight"], hist.trajectory[r - 1]["head.weight"])
