@@ -340,3 +340,23 @@ def test_compressed_uploads_count_only_what_travels():
     plain = flu.run(model, fed, algorithm="fedrep", **{k: v for k, v in kw.items() if k != "compression"})
     assert topk.rounds.bytes_up.equals(plain.rounds.bytes_up)
     assert torch.equal(topk.params["body.weight"], plain.params["body.weight"])
+
+
+@pytest.mark.parametrize("algorithm, options", [("ditto", {"lam": 0.3}), ("fedrep", {}), ("apfl", {"mix": 0.4}),
+                                                ("lg_fedavg", {})])
+def test_personal_metrics_equal_personalize_from_the_personal_models_at_step_zero(algorithm, options):
+    """The engine's model="personal" rows and flu.evaluation.personalize(start="personal") at
+    step 0 evaluate the same per-client models (two code paths)."""
+    gen = torch.Generator().manual_seed(5)
+    clients = [(torch.randn(n, 4, dtype=torch.float64) + i, torch.randint(0, 3, (n,), generator=gen))
+               for i, n in enumerate((12, 7, 15, 9))]
+    fed = flu.data.Federation.from_clients(clients, test=[(X[:5], y[:5]) for X, y in clients])
+    hist = flu.run(flu.models.mlp(4, 6, 3, dtype=torch.float64), fed, algorithm=algorithm, num_rounds=3,
+                   local_steps=3, client_lr=0.1, batch_size=4, progress=False, **options)
+    m = hist.metrics
+    engine = m[(m["round"] == 3) & (m.model == "personal") & (m.split == "test") & m.client.notna()]
+    table = flu.evaluation.personalize(hist, fed, steps=(0,), start="personal")
+    for metric in ("loss", "accuracy"):
+        a = engine[engine.metric == metric].set_index("client").value.sort_index()
+        b = table[table.metric == metric].set_index("client").value.sort_index()
+        np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), atol=1e-12)
