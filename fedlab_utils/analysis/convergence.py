@@ -9,9 +9,16 @@ data + l2/2 ||W||^2 over weight tensors (dim >= 2; biases are not penalised).
 - **Constants and optima** for the convex models of the theory: bias-free linear models with
   L2-regularised softmax / single-logit logistic regression or least squares (``loss="mse"``):
   :func:`constants`, :func:`optimum`, :func:`client_optima`, :func:`surrogate_optimum`.
+- **Linear probes** on a frozen body are convex problems of the same kind: :func:`probe_problem`
+  (features cached once, a bias-free head), :func:`feature_heterogeneity` (mu, L, Gamma of the
+  same clients in several feature spaces).
 - **Theory curves**, DataFrames ``round, bound, theorem`` to draw dashed next to measured ones:
-  :func:`li_fedavg_bound`, :func:`scaffold_rate`, :func:`fedprox_rate`; and the closed-form
-  fixed point of local-GD FedAvg on least squares, :func:`fedavg_fixed_point_lsq`.
+  :func:`li_fedavg_bound`, :func:`scaffold_rate`, :func:`fedprox_rate`, :func:`perfedavg_bound`
+  (with :func:`perfedavg_constants`); and the closed-form fixed point of local-GD FedAvg on least
+  squares, :func:`fedavg_fixed_point_lsq`.
+- **Participation** in closed form on least squares (from ``participation``):
+  :func:`participation_weights`, :func:`participation_fixed_point`, :func:`reweighted_fixed_point`,
+  :func:`mean_trajectory`, :func:`local_maps`.
 """
 from __future__ import annotations
 
@@ -28,7 +35,10 @@ from torch.func import functional_call
 from .._core import checks as chk
 from .._core.losses import sample_losses
 from .._core.random import PROBE, seed_value, stream
+from ..models import nets as _nets
 from ..engine.diagnostics import _flat, round_diagnostics  # noqa: F401  (flu.convergence.round_diagnostics)
+from .participation import (FixedPoint, local_maps, mean_trajectory, participation_fixed_point,  # noqa: F401
+                            participation_weights, reweighted_fixed_point)
 
 _NEWTON_TOL, _NEWTON_MAX = 1e-10, 100
 
@@ -395,6 +405,10 @@ def constants(model, federation, loss="cross_entropy", l2=0.0, weights="samples"
     - mu = min_i mu_i, L = max_i L_i: Li et al. 2020 (ICLR) Assumptions 1-2 need each F_i
       L-smooth and mu-strongly convex; mu_F, L_F are the same bounds for F itself.
     - with ``optima``: F*, w*, F_i* and Gamma = F* - sum_i p_i F_i* (exact solvers, see :func:`optimum`).
+
+    A model with a bias is refused: the bias is not penalised (as in ``flu.run``), so F_i is not
+    strongly convex along it (softmax: adding t 1 to the bias changes nothing). Linear probes on
+    frozen features: :func:`probe_problem` (``intercept=True`` for a penalised bias).
     """
     pb = _problem(model, federation, loss, l2)
     p = _weights(federation, weights)
@@ -420,6 +434,117 @@ def constants(model, federation, loss="cross_entropy", l2=0.0, weights="samples"
 def distance2(params, w_star) -> float:
     """||params - w*||^2 over the names of ``w_star`` (e.g. E||w_1 - w*||^2 of a deterministic start)."""
     return float(sum(((params[k].to(torch.float64) - v.to(torch.float64)) ** 2).sum() for k, v in w_star.items()))
+
+
+# ----------------------------------------------------------------------- linear probes on frozen features
+
+@dataclass(frozen=True)
+class Probe:
+    """A linear probe's convex problem: the frozen body's features of every client (computed once)
+    and a head-only model on them (see :func:`probe_problem`)."""
+
+    federation: object          # flu.data.Federation of float64 features (train and test)
+    model: nn.Module            # flu.models.logistic / linear (bias-free, float64): Flatten body + Linear head
+    num_features: int
+    mean: torch.Tensor | None = field(default=None, repr=False)   # standardisation, if any
+    scale: torch.Tensor | None = field(default=None, repr=False)
+
+
+def _body_of(body):
+    if body is None:
+        return nn.Flatten()
+    if not isinstance(body, nn.Module):
+        raise TypeError(f"body must be an nn.Module (or None for the identity), got {type(body).__name__}")
+    inner = getattr(body, "body", None)
+    return inner if isinstance(inner, nn.Module) and isinstance(getattr(body, "head", None), nn.Module) else body
+
+
+@torch.no_grad()
+def _features(body, X, chunk):
+    dtype = next((t.dtype for t in body.parameters()), X.dtype if X.is_floating_point() else torch.float64)
+    out = [body(X[s:s + chunk].to(dtype)).flatten(1) for s in range(0, max(len(X), 1), chunk)]  # empty: one call
+    return torch.cat(out).to(torch.float64)
+
+
+def probe_problem(body, federation, num_classes: int | None = None, *, standardize: bool = False,
+                  intercept: bool = False, chunk: int = 1024) -> Probe:
+    """Linear probing (Kornblith et al. 2019) as a convex federated problem: z = body(x) frozen,
+    the head z -> W z trained. Returns a :class:`Probe` whose ``federation`` holds every client's
+    features (train and test, float64, computed once under ``torch.no_grad`` with the body in eval
+    mode, restored after) and whose ``model`` is a bias-free head on them, so :func:`constants`,
+    :func:`optimum`, :func:`client_optima` and ``flu.run`` apply unchanged.
+
+    ``body``: an nn.Module (a model with ``.body``/``.head`` gives its body) or None for the
+    identity (pixel space). Integer labels give ``flu.models.logistic(d, K, bias=False)`` with K =
+    ``num_classes`` (default: the largest label + 1; ``num_classes=1`` is a single binary logit),
+    real targets ``flu.models.linear(d, m, bias=False)`` (``loss="mse"``).
+
+    Convexity: with l2 > 0 each F_i(W) = mean_j loss(W z_j) + l2/2 ||W||^2 is l2-strongly convex,
+    because the loss part is convex in W. For softmax the bound is tight: adding one vector v to
+    every class row leaves the logits' differences, hence the loss, unchanged, so the Hessian has
+    eigenvalue exactly l2 along 1 v^T and ``constants(...).mu = l2`` is the smallest eigenvalue.
+    A head with a bias is *not* strongly convex in the bias (``flu.run`` penalises weights only), so
+    ``constants`` refuses it; ``intercept=True`` appends a constant feature 1 instead, a bias that
+    the l2 penalty covers (mu = l2 again). ``standardize``: z <- (z - mean) / std with the pooled
+    training features' mean and std (std 0 -> 1), to compare feature spaces on one scale.
+    """
+    chunk = chk.integer("chunk", chunk, low=1)
+    net = _body_of(body)
+    modes = [m.training for m in net.modules()]
+    net.eval()
+    try:
+        fed = federation.map(lambda i, X: _features(net, X, chunk), name=f"{federation.name}:features")
+    finally:
+        for m, was in zip(net.modules(), modes):
+            m.training = was
+    mean = scale = None
+    if standardize:
+        Z = torch.cat([Z for Z, _ in fed.train])
+        mean, scale = Z.mean(0), Z.std(0, unbiased=False)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        fed = fed.map(lambda i, Z: (Z - mean) / scale)
+    if intercept:
+        fed = fed.map(lambda i, Z: torch.cat([Z, torch.ones(len(Z), 1, dtype=Z.dtype)], 1))
+    d = int(fed.train[0][0].shape[1])
+    y = fed.train[0][1]
+    if y.is_floating_point():
+        m = 1 if y.dim() == 1 else int(y.shape[1])
+        model = _nets.linear(d, m, bias=False, dtype=torch.float64)
+    else:
+        top = max(int(t.max()) for _, t in (*fed.train, *fed.test) if len(t))
+        K = top + 1 if num_classes is None else chk.integer("num_classes", num_classes, low=1)
+        if K < top + 1 and not (K == 1 and top <= 1):
+            chk.fail("num_classes", f">= {top + 1} (the largest label + 1), or 1 for binary labels", num_classes)
+        model = _nets.logistic(d, K, bias=False, dtype=torch.float64)
+    return Probe(fed, model, d, mean, scale)
+
+
+def feature_heterogeneity(federation, bodies: dict, l2: float, loss: str = "cross_entropy", weights="samples", *,
+                          num_classes: int | None = None, standardize: bool = False, intercept: bool = False):
+    """The convex constants of the same clients' linear probe in several feature spaces.
+
+    ``bodies``: name -> body (nn.Module, or None for pixel space), e.g. ``{"pixels": None,
+    "random CNN": flu.models.cnn(...).body, "pretrained CNN": flu.pretrained.pretrained_cnn().body}``.
+    One row per space: ``space, num_features, mu, L, kappa, mu_F, L_F, F_star, Gamma, zeta2`` from
+    :func:`constants` on :func:`probe_problem`'s features, with Gamma = F* - sum_i p_i F_i* (Li et
+    al. 2020, ICLR) and zeta2 = sum_i p_i ||grad F_i(w*)||^2, the gradient dissimilarity at the
+    optimum (Koloskova et al. 2020, ICML, zeta_*^2): both are small when one head fits every
+    client's features. The scale of the features moves L and Gamma too: ``standardize=True`` puts
+    every space on unit variance per feature.
+    """
+    if not isinstance(bodies, dict) or not bodies:
+        chk.fail("bodies", "a non-empty dict name -> body (nn.Module or None)", bodies)
+    rows = []
+    for name, body in bodies.items():
+        probe = probe_problem(body, federation, num_classes, standardize=standardize, intercept=intercept)
+        c = constants(probe.model, probe.federation, loss, l2, weights)
+        pb = _problem(probe.model, probe.federation, loss, l2)
+        W = c.w_star[pb.name].numpy().reshape(-1, probe.num_features)
+        g2 = [float((_fgh(pb, W, X, T, np.full(len(X), 1.0 / len(X)), order=1)[1] ** 2).sum())
+              for X, T in zip(pb.X, pb.T)]
+        rows.append(dict(space=str(name), num_features=probe.num_features, mu=c.mu, L=c.L, kappa=c.kappa,
+                         mu_F=c.mu_F, L_F=c.L_F, F_star=c.F_star, Gamma=c.Gamma, zeta2=float(np.array(c.p) @ g2)))
+    return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------- theory curves
@@ -562,6 +687,287 @@ def fedprox_rate(constants: Constants, num_rounds: int, *, mu: float, B: float, 
     return df
 
 
+# ----------------------------------------------------------------------- Per-FedAvg (Fallah et al. 2020)
+
+EXACT_HESSIAN_MAX = 256  # trainable parameters up to which hessian="auto" forms Hessians exactly
+
+
+@dataclass(frozen=True)
+class PerFedAvgConstants:
+    """The constants of Fallah, Mokhtari and Ozdaglar 2020 (NeurIPS), Assumptions 4.2-4.5, for
+    the client objectives f_i (see :func:`perfedavg_constants`)."""
+
+    p: tuple
+    L: float                    # max_i ||H_i||_2: smoothness (Assumption 4.2), estimated at the points
+    B: float                    # max_i ||grad f_i||: bounded gradients (Assumption 4.2)
+    rho: float | None           # Hessian Lipschitz constant (Assumption 4.3); None when unknown
+    sigma_G: float              # per-example gradient noise (Assumption 4.4)
+    sigma_H: float | None       # per-example Hessian noise (Assumption 4.4); None unless computed
+    gamma_G: float              # gradient dissimilarity (Assumption 4.5)
+    gamma_H: float              # Hessian dissimilarity (Assumption 4.5)
+    L_i: tuple
+    B_i: tuple
+    grad_dev: tuple             # ||grad f_i - grad f|| per client (max over the points)
+    hess_dev: tuple             # ||H_i - H||_2 per client (max over the points)
+    hessian: str                # "exact" or "power"
+
+    def to_dict(self) -> dict:
+        return {f.name: (list(v) if isinstance(v, tuple) else v) for f in fields(self)
+                for v in [getattr(self, f.name)]}
+
+
+def _flat_objective(model, params, names, loss, l2):
+    """(theta0, f): the ``names`` parameters as one vector theta0 and f(theta, X, y, penalty) =
+    mean loss (+ l2/2 ||W||^2 over the weight tensors among ``names``) with them taken from theta."""
+    shapes = [params[k].shape for k in names]
+    sizes = [params[k].numel() for k in names]
+    pen = set(_penalised(names, params))
+    fixed = {k: v.detach() for k, v in params.items() if k not in names}
+
+    def f(theta, X, y, penalty=True):
+        leaves = {k: t.reshape(s) for k, t, s in zip(names, torch.split(theta, sizes), shapes)}
+        val = _sample_losses(functional_call(model, {**fixed, **leaves}, (X.to(theta.dtype),)), y, loss).mean()
+        if penalty and l2:
+            val = val + l2 / 2 * sum((leaves[k] ** 2).sum() for k in pen)
+        return val
+
+    return torch.cat([params[k].detach().reshape(-1) for k in names]), f
+
+
+def _hessian(f):
+    """Hessian in the first argument by reverse-over-reverse (torch.func.hessian's forward mode
+    would load TorchScript decompositions, slowly and with deprecation warnings)."""
+    return torch.func.jacrev(torch.func.jacrev(f))
+
+
+def _one(f):
+    """f on one example (for torch.func.vmap over examples), without the penalty."""
+    return lambda theta, x, t: f(theta, x.unsqueeze(0), t.unsqueeze(0), False)
+
+
+def _example_gradient_variance(f, theta, X, y, chunk):
+    """S^2 = (1/n) sum_j ||grad l_j - mean_k grad l_k||^2 (two passes over chunks of examples)."""
+    g1 = torch.func.vmap(torch.func.grad(_one(f)), in_dims=(None, 0, 0))
+    parts = [g1(theta, X[s:s + chunk], y[s:s + chunk]).detach().to(torch.float64) for s in range(0, len(X), chunk)]
+    mean = sum(G.sum(0) for G in parts) / len(X)
+    return float(sum(((G - mean) ** 2).sum() for G in parts) / len(X))
+
+
+def _example_hessian_variance(f, theta, X, y, H, chunk):
+    """(1/n) sum_j ||grad^2 l_j - H||_2^2 for H the mean loss's Hessian (exact per-example Hessians)."""
+    h1 = torch.func.vmap(_hessian(_one(f)), in_dims=(None, 0, 0))
+    total = 0.0
+    for s in range(0, len(X), chunk):
+        dev = h1(theta, X[s:s + chunk], y[s:s + chunk]).detach().to(torch.float64) - H
+        total += float((torch.linalg.eigvalsh((dev + dev.transpose(1, 2)) / 2).abs().amax(1) ** 2).sum())
+    return total / len(X)
+
+
+def _spectral_norm(matvec, dim, iters, tol, gen, dtype):
+    """||A||_2 of a symmetric A given v -> A v: power iteration on A^2 (robust to A's eigenvalues
+    of both signs); returns ||A v|| at the last unit v, which tends to ||A||_2 from below. Stops
+    after ``iters`` steps or when the estimate changes by at most ``tol`` (relative)."""
+    v = torch.randn(dim, generator=gen, dtype=torch.float64).to(dtype)
+    v = v / v.norm()
+    est = 0.0
+    for _ in range(iters):
+        u = matvec(v)
+        prev, est = est, float(u.norm())
+        w = matvec(u)
+        if float(w.norm()) == 0.0 or abs(est - prev) <= tol * est:
+            return est
+        v = w / w.norm()
+    return est
+
+
+def _norm2(H):
+    return float(torch.linalg.eigvalsh((H + H.T) / 2).abs().max()) if H.numel() else 0.0
+
+
+def perfedavg_constants(model, federation, loss="cross_entropy", l2=0.0, weights="samples", *, params=None,
+                        names=None, hessian="auto", per_example=True, per_example_hessians=False, iters=100,
+                        tol=1e-10, seed=0, chunk=256) -> PerFedAvgConstants:
+    """Estimate, at ``params``, the constants of Per-FedAvg's analysis (Fallah, Mokhtari and
+    Ozdaglar 2020, NeurIPS, "Personalized Federated Learning with Theoretical Guarantees: A
+    Model-Agnostic Meta-Learning Approach", Section 4) for the client objectives f_i (mean loss +
+    l2/2 ||W||^2, as ``flu.run``) and f = sum_i p_i f_i (the paper has p_i = 1/n):
+
+    - Assumption 4.2: f_i L-smooth with ||grad f_i|| <= B: ``L`` = max_i ||H_i||_2, ``B`` = max_i ||grad f_i||;
+    - Assumption 4.3: H_i rho-Lipschitz: ``rho`` = 0 for least squares on a bias-free linear model
+      (constant Hessian), else the largest ||H_i(a) - H_i(b)||_2 / ||a - b|| between consecutive
+      points of a ``params`` trajectory (exact mode; a lower estimate), else None;
+    - Assumption 4.4: per-example noise ``sigma_G``^2 = max_i (1/n_i) sum_j ||grad l_j - grad f_i||^2
+      and, with ``per_example_hessians``, ``sigma_H``^2 = max_i (1/n_i) sum_j ||grad^2 l_j - grad^2 f_i||_2^2;
+    - Assumption 4.5: ``gamma_G``^2 = sum_i p_i ||grad f_i - grad f||^2 (the ``grad_dissimilarity``
+      that ``flu.run(..., diagnostics=True)`` records) and ``gamma_H``^2 = sum_i p_i ||H_i - H||_2^2,
+      H = sum_i p_i H_i, in the paper's mean-square form; ``grad_dev``, ``hess_dev`` hold the per-client norms.
+
+    The paper's constants hold for every w; these are their values at ``params`` (a dict of all the
+    model's parameters, default the model's own, or a list of them, e.g. ``History.trajectory``: the
+    max over the points). ``names``: the parameters differentiated (default all; e.g. the head's
+    for a linear probe). ``hessian``: "exact" forms each H_i (reverse-over-reverse autodiff),
+    "power" uses power iteration on Hessian-vector products (at most ``iters`` steps from a seeded
+    start, fewer once the estimate moves by <= ``tol`` relative; for models with many parameters),
+    "auto" is exact up to 256 parameters. Spectral norms are of symmetric matrices
+    (||A||_2 = max |eigenvalue|).
+    """
+    points = [dict(model.named_parameters())] if params is None else _as_list(params)
+    if not points or not all(isinstance(w, dict) for w in points):
+        chk.fail("params", "a dict name -> tensor or a non-empty list of them", type(params).__name__)
+    names = list(points[0]) if names is None else list(names)
+    missing = [k for k in names if k not in points[0]]
+    if missing or not names:
+        chk.fail("names", f"a non-empty list of parameter names from {sorted(points[0])}", names)
+    chk.option("loss", loss, ("cross_entropy", "mse"))
+    l2 = chk.real("l2", l2, low=0)
+    chk.option("hessian", hessian, ("auto", "exact", "power"))
+    iters, chunk = chk.integer("iters", iters, low=1), chk.integer("chunk", chunk, low=1)
+    tol = chk.real("tol", tol, low=0)
+    p = _weights(federation, weights)
+    dim = sum(points[0][k].numel() for k in names)
+    mode = ("exact" if dim <= EXACT_HESSIAN_MAX else "power") if hessian == "auto" else hessian
+    if per_example_hessians and mode != "exact":
+        chk.fail("per_example_hessians", "False unless the Hessians are exact (hessian='exact', or 'auto' with "
+                 f"<= {EXACT_HESSIAN_MAX} parameters)", per_example_hessians)
+    gen = stream(seed_value("seed", seed), PROBE)
+    N = federation.num_clients
+    B_i, L_i, gdev, hdev, sG, sH = (np.zeros(N) for _ in range(6))
+    gamma_G2 = gamma_H2 = 0.0
+    rho, prev = None, None
+    try:
+        _linear_head(model)
+        if loss == "mse":
+            rho = 0.0
+    except ValueError:
+        pass
+    for w in points:
+        theta0, f = _flat_objective(model, w, names, loss, l2)
+        theta = theta0.clone().requires_grad_()
+        grads, graphs = [], []
+        for X, y in federation.train:
+            g = torch.autograd.grad(f(theta, X, y), theta, create_graph=mode == "power")[0]
+            graphs.append(g)
+            grads.append(g.detach().to(torch.float64))
+        G = torch.stack(grads)
+        Gbar = torch.as_tensor(p) @ G
+        dev = (G - Gbar).norm(dim=1).numpy()
+        B_i = np.maximum(B_i, G.norm(dim=1).numpy())
+        gdev = np.maximum(gdev, dev)
+        gamma_G2 = max(gamma_G2, float(p @ dev ** 2))
+        if mode == "exact":
+            Hs = torch.stack([_hessian(f)(theta0, X, y).detach().to(torch.float64)
+                              for X, y in federation.train])
+            Hs = (Hs + Hs.transpose(1, 2)) / 2
+            Hbar = torch.tensordot(torch.as_tensor(p), Hs, dims=1)
+            hd = np.array([_norm2(H - Hbar) for H in Hs])
+            L_i = np.maximum(L_i, [_norm2(H) for H in Hs])
+            if prev is not None and rho != 0.0:
+                step = float((theta0.to(torch.float64) - prev[0]).norm())
+                if step > 0:
+                    rho = max(rho or 0.0, max(_norm2(a - b) for a, b in zip(Hs, prev[1])) / step)
+            prev = (theta0.to(torch.float64), Hs)
+            if per_example_hessians:
+                eye = torch.eye(dim, dtype=torch.float64)
+                pen = torch.cat([torch.full((w[k].numel(),), float(w[k].dim() >= 2)) for k in names]).to(torch.float64)
+                for i, (X, y) in enumerate(federation.train):
+                    H_loss = Hs[i] - l2 * eye * pen
+                    sH[i] = max(sH[i], _example_hessian_variance(f, theta0, X, y, H_loss, chunk))
+        else:
+            g_bar = sum(float(pi) * g for pi, g in zip(p, graphs))
+
+            def hvp(g, v):
+                return torch.autograd.grad(g, theta, v, retain_graph=True)[0]
+
+            hd = np.array([_spectral_norm(lambda v, g=g: hvp(g, v) - hvp(g_bar, v), dim, iters, tol,
+                                           gen, theta.dtype)
+                           for g in graphs])
+            L_i = np.maximum(L_i, [_spectral_norm(lambda v, g=g: hvp(g, v), dim, iters, tol, gen, theta.dtype)
+                                   for g in graphs])
+        hdev = np.maximum(hdev, hd)
+        gamma_H2 = max(gamma_H2, float(p @ hd ** 2))
+        if per_example:
+            for i, (X, y) in enumerate(federation.train):
+                sG[i] = max(sG[i], _example_gradient_variance(f, theta0, X, y, chunk))
+    return PerFedAvgConstants(tuple(p.tolist()), float(L_i.max()), float(B_i.max()), rho, math.sqrt(sG.max()),
+                              math.sqrt(sH.max()) if per_example_hessians else None, math.sqrt(gamma_G2),
+                              math.sqrt(gamma_H2), tuple(L_i.tolist()), tuple(B_i.tolist()), tuple(gdev.tolist()),
+                              tuple(hdev.tolist()), mode)
+
+
+def perfedavg_bound(constants: PerFedAvgConstants, inner_lr: float, client_lr: float, local_steps: int,
+                    num_rounds: int, *, gap0: float, batch_size: int | None = None,
+                    clients_per_round: int | None = None, rho: float | None = None):
+    """Per-FedAvg's stationarity bound (Fallah, Mokhtari and Ozdaglar 2020, NeurIPS, Theorem 4.5)
+    on the meta-objective F(w) = sum_i p_i f_i(w - alpha grad f_i(w)), per round K = 1..R:
+
+        (1/(tau K)) sum_{k<K} sum_{t<tau} E||grad F(w_bar_{k+1,t})||^2
+            <= 4 (F(w_0) - F*) / (beta tau K) + floor,
+
+    with alpha = ``inner_lr`` <= 1/L, beta = ``client_lr`` <= 1/(10 tau L_F), tau = ``local_steps``,
+    k = ``clients_per_round`` of n clients sampled uniformly (r n in the paper), and the paper's
+    derived constants (Lemmas 4.2-4.4), for minibatches of D = ``batch_size`` examples for the
+    inner gradient, the outer gradient and the Hessian (D_in = D_o = D_h, as ``flu.run`` draws them):
+
+    - L_F = 4 L + alpha rho B: F_i is L_F-smooth (Lemma 4.2);
+    - m_F = 2 alpha L sigma_G / sqrt(D): bias of the stochastic meta-gradient (Lemma 4.3);
+    - sigma_F^2 = 12 (B^2 + sigma_G^2 (1/D + (alpha L)^2 / D)) (1 + sigma_H^2 alpha^2 / (4 D)) - 12 B^2:
+      its variance (Lemma 4.3); sigma_F = m_F = 0 for full batches (``batch_size=None``);
+    - gamma_F^2 = 3 B^2 alpha^2 gamma_H^2 + 192 gamma_G^2: dissimilarity of the meta-gradients (Lemma 4.4).
+
+    The theorem states the rest as O(1) (...); **our explicit form, absolute constants set to 1**:
+
+        floor = beta L_F (sigma_F^2 / k + (n - k) / (k (n - 1)) gamma_F^2)        (noise of one round's average)
+              + beta^2 tau (tau - 1) L_F^2 (sigma_F^2 + gamma_F^2)                 (local drift, none for tau = 1)
+              + m_F^2                                                            (bias of the inner minibatch)
+
+    (the sampling term is the variance of a mean of k of the n meta-gradients drawn without
+    replacement). ``gap0`` >= F(w_0) - F* (e.g. F(w_0) for a non-negative loss); ``rho``
+    overrides ``constants.rho`` (required when that is None). Returns ``round, bound, theorem``
+    with attrs ``L_F, m_F, sigma_F2, gamma_F2, floor, max_client_lr`` and ``terms`` (the floor's three parts).
+    Raises ValueError naming ``inner_lr`` or ``client_lr`` outside the theorem's conditions.
+    """
+    if not isinstance(constants, PerFedAvgConstants):
+        raise TypeError(f"constants must be a PerFedAvgConstants (flu.convergence.perfedavg_constants), "
+                        f"got {type(constants).__name__}")
+    L, B = constants.L, constants.B
+    alpha = chk.real("inner_lr", inner_lr, low=0, low_open=True)
+    if alpha > 1 / L:
+        chk.fail("inner_lr", f"<= 1/L = {1 / L:.4g} (Theorem 4.5 needs alpha in (0, 1/L])", inner_lr)
+    tau = chk.integer("local_steps", local_steps, low=1)
+    R = chk.integer("num_rounds", num_rounds, low=1)
+    rho = constants.rho if rho is None else chk.real("rho", rho, low=0)
+    if rho is None:
+        chk.fail("rho", "a number >= 0 (a Hessian Lipschitz constant: constants.rho is unknown)", rho)
+    L_F = 4 * L + alpha * rho * B
+    beta = chk.real("client_lr", client_lr, low=0, low_open=True)
+    max_lr = 1 / (10 * tau * L_F)
+    if beta > max_lr * (1 + 1e-12):
+        chk.fail("client_lr", f"<= 1/(10 tau L_F) = {max_lr:.4g} (Theorem 4.5)", client_lr)
+    n = len(constants.p)
+    k = n if clients_per_round is None else chk.integer("clients_per_round", clients_per_round, low=1, high=n)
+    if batch_size is None:
+        sigma_F2 = m_F = 0.0
+    else:
+        D = chk.integer("batch_size", batch_size, low=1)
+        if constants.sigma_H is None:
+            chk.fail("constants", "computed with per_example_hessians=True (sigma_H) for a minibatch bound",
+                     "sigma_H = None")
+        sG2, sH2 = constants.sigma_G ** 2, constants.sigma_H ** 2
+        sigma_F2 = 12 * (B ** 2 + sG2 * (1 / D + (alpha * L) ** 2 / D)) * (1 + sH2 * alpha ** 2 / (4 * D)) - 12 * B ** 2
+        m_F = 2 * alpha * L * constants.sigma_G / math.sqrt(D)
+    gamma_F2 = 3 * B ** 2 * alpha ** 2 * constants.gamma_H ** 2 + 192 * constants.gamma_G ** 2
+    sampling = (n - k) / (k * (n - 1)) if n > 1 else 0.0
+    terms = dict(noise=beta * L_F * (sigma_F2 / k + sampling * gamma_F2),
+                 drift=beta ** 2 * tau * (tau - 1) * L_F ** 2 * (sigma_F2 + gamma_F2), bias=m_F ** 2)
+    floor = sum(terms.values())
+    rounds = np.arange(1, R + 1)
+    df = _frame(rounds, 4 * chk.real("gap0", gap0, low=0) / (beta * tau * rounds) + floor,
+                "Fallah et al. 2020 (NeurIPS) Theorem 4.5, O(1) = 1")
+    df.attrs.update(L_F=L_F, m_F=m_F, sigma_F2=sigma_F2, gamma_F2=gamma_F2, floor=floor, max_client_lr=max_lr,
+                    terms=terms)
+    return df
+
+
 # ----------------------------------------------------------------------- objective inconsistency
 
 def surrogate_weights(p, local_steps, *, client_lr: float | None = None, mu: float = 0.0) -> np.ndarray:
@@ -595,19 +1001,14 @@ def fedavg_fixed_point_lsq(A_list, b_list, p, local_steps, lr: float, *, l2: flo
     and the server step x <- x - server_lr sum_i p_i (x - y_i) is the affine map x -> M x + c.
     Returns ``(x_fixed, M, spectral_radius)``; iterates converge to x_fixed iff the radius < 1.
     """
-    p = np.asarray(p, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64).reshape(-1)
+    if len(p) != len(A_list):
+        chk.fail("p", f"one weight per client ({len(A_list)})", p)
     tau = np.broadcast_to(np.asarray(local_steps, dtype=np.int64), p.shape)
-    d = np.asarray(A_list[0]).shape[1]
-    I = np.eye(d)
-    P_sum, q_sum = np.zeros((d, d)), np.zeros(d)
-    for A, b, pi, t in zip(A_list, b_list, p, tau):
-        A, b = np.asarray(A, np.float64), np.asarray(b, np.float64).reshape(-1)
-        step = I - lr * (2 * A.T @ A / len(A) + l2 * I)
-        Pi, qi = I.copy(), np.zeros(d)
-        for _ in range(int(t)):
-            qi = step @ qi + lr * 2 * A.T @ b / len(A)
-            Pi = step @ Pi
-        P_sum, q_sum = P_sum + pi * Pi, q_sum + pi * qi
+    maps = local_maps(A_list, b_list, [int(t) for t in tau], lr, l2=l2)
+    I = np.eye(len(maps[0][1]))
+    P_sum = sum(pi * P for pi, (P, _) in zip(p, maps))
+    q_sum = sum(pi * q for pi, (_, q) in zip(p, maps))
     M = (1 - server_lr * p.sum()) * I + server_lr * P_sum
     c = server_lr * q_sum
     x = np.linalg.solve(I - M, c)
