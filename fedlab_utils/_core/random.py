@@ -21,6 +21,7 @@ DATA = 9    # generated data and feature noise (flu.data.synthetic, flu.data.add
 PROBE = 10  # random starting vectors of analysis probes (power iteration)
 COMPRESS = 11  # stochastic rounding of uploads (flu.systems.Compression, QSGD)
 PROFILE, AVAILABILITY = 12, 13  # device profiles and availability draws (flu.systems)
+PRIVACY = 14  # differential-privacy noise (flu.privacy.DPFedAvg in flu.run)
 
 
 def seed_value(name: str, seed) -> int:

@@ -65,6 +65,7 @@ class RunConfig:
     federation_name: str
     fingerprint: str              # of the model's initial parameters and the federation's data
     modes: tuple = ()             # one mode per client when finetune == "mixed"
+    privacy: object = None        # an flu.privacy.DPFedAvg or None
 
     @property
     def compressing(self) -> bool:
@@ -86,7 +87,7 @@ class RunConfig:
             batch_size=self.batch_size, server_lr=self.server_lr, clients_per_round=self.clients_per_round,
             sampling=self.sampling, weights=self.weights, loss=self.loss, l2=self.l2,
             finetune=list(self.modes) if self.finetune == "mixed" else self.finetune,
-            systems=_describe(self.systems), privacy=None, compression=_describe(self.compression),
+            systems=_describe(self.systems), privacy=_describe(self.privacy), compression=_describe(self.compression),
             eval_every=self.eval_every, backend=self.backend,
             record_params=self.record_params, diagnostics=self.diagnostics, progress=self.progress,
             seed=self.seed, checkpoint=None if self.checkpoint is None else str(self.checkpoint),
@@ -202,8 +203,7 @@ def configure(model, federation, *, algorithm, num_rounds, local_steps, client_l
             chk.fail("compression", "None with finetune='lora' (its clients upload factors, not the dense update "
                      "the server merges; compress with finetune='ffa_lora')", compression.method)
     if privacy is not None:
-        chk.fail("privacy", "None (differential privacy is not built yet; docs/architecture.md, 'What comes next')",
-                 privacy)
+        _check_privacy(privacy, finetune, systems, compression, clients_per_round, sampling, N)
     mode, modes = _modes(finetune, N)
     alg_values, ft_values = _route(options, alg, modes)
     opts = alg.configure(**alg_values)
@@ -235,11 +235,27 @@ def configure(model, federation, *, algorithm, num_rounds, local_steps, client_l
         record_params=_flag("record_params", record_params), diagnostics=_flag("diagnostics", diagnostics),
         progress=_flag("progress", progress), seed=seed_value("seed", seed), checkpoint=checkpoint,
         checkpoint_every=chk.integer("checkpoint_every", checkpoint_every, low=1), resume=resume,
-        systems=systems, compression=compression,
+        systems=systems, compression=compression, privacy=privacy,
         model_name=f"{getattr(model, 'name', type(model).__name__)} "
                    f"({sum(p.numel() for p in model.parameters())} parameters)",
         federation_name=repr(federation), fingerprint=fingerprint(model, federation),
         modes=modes if mode == "mixed" else ())
+
+
+def _check_privacy(privacy, finetune, systems, compression, clients_per_round, sampling, N) -> None:
+    """DP-FedAvg's preconditions: Poisson client sampling under partial participation (what the
+    RDP accountant assumes) and one synchronous, uncompressed aggregation of one mode."""
+    from ..privacy.dp import DPFedAvg
+    if not isinstance(privacy, DPFedAvg):
+        raise TypeError(f"privacy must be an flu.privacy.DPFedAvg or None, got {type(privacy).__name__}")
+    if clients_per_round is not None and clients_per_round < N and sampling != "poisson":
+        chk.fail("sampling", "'poisson' with privacy= and clients_per_round < N (the sampling the RDP accountant "
+                 "assumes)", sampling)
+    if not isinstance(finetune, str):
+        chk.fail("privacy", "None with one fine-tuning mode per client (not built)", privacy)
+    if compression is not None or (systems is not None and systems.aggregation != "sync"):
+        chk.fail("privacy", "None with compression or asynchronous aggregation (not built: DP-FedAvg clips and "
+                 "noises one synchronous aggregate)", privacy)
 
 
 def _flag(name, value) -> bool:

@@ -29,7 +29,7 @@ from .. import algorithms as algs
 from .._core import checks as chk
 from .._core.runtime import tune_allocator
 from ..models import finetune as ft
-from . import asynchronous, checks, mixed
+from . import asynchronous, checks, mixed, private
 from .config import RESUMABLE, RunConfig, configure
 from .diagnostics import round_diagnostics
 from .evaluate import Evaluator
@@ -85,7 +85,10 @@ def run(model, federation, algorithm="fedavg", num_rounds=50, local_steps=5, cli
             virtual clock, straggler policy, synchronous or FedAsync/FedBuff aggregation); None
             for ideal synchronous rounds. Adds ``rounds`` columns (virtual_time, round_time,
             clients_available, clients_dropped, clients_late, energy_j) and ``History.timeline``.
-        privacy: None (differential privacy is not built yet).
+        privacy: an ``flu.privacy.DPFedAvg`` (client-level DP-FedAvg: each update clipped to norm
+            ``clip``, Gaussian noise of std ``noise_multiplier * clip * max_i w_i`` added to the
+            weighted sum; ``sampling="poisson"`` when ``clients_per_round`` < N); adds ``rounds``
+            columns ``clip`` and ``epsilon`` (Opacus' RDP accountant). None for no privacy.
         compression: an ``flu.systems.Compression`` of the uploaded updates ("qsgd", "topk",
             "float16"; "none" is the same as None); bytes_up counts the encoded size.
         eval_every: evaluate the global model every this many rounds (and after the last).
@@ -171,6 +174,7 @@ class Setup:
     head: tuple = ()            # trainable names in the model's head
     keeps: tuple = ()           # names of which every client keeps a personal copy (Algorithm.keeps)
     stays: tuple = ()           # trainable names that never travel (Algorithm.stays)
+    private: object = None      # DP-FedAvg's per-round steps (engine.private) with privacy=
     parts: dict | None = None   # each client's support/query split (meta-learning with support_fraction)
 
     @property
@@ -225,6 +229,9 @@ class Setup:
             setup._attach_modes(X, Y)
         if cfg.systems is not None:
             setup._attach_clock(tuple(X.shape[1:]))
+        if cfg.privacy is not None:
+            private.check(setup, _upload_extra(cfg, setup))
+            setup.private = private.Private(setup)
         return setup
 
     def _attach_modes(self, X, Y) -> None:
@@ -297,6 +304,7 @@ def _upload_extra(cfg, setup) -> int:
     found by calling its client rule once on one client with a no-op local training."""
     x = {k: setup.params[k] for k in setup.plan.server}
     template = cfg.algorithm.init_client(x, cfg.options)
+    template.update({algs.PERSONAL + k: x[k] for k in setup.keeps})
     state = {k: v.unsqueeze(0) for k, v in template.items()}
     server_state = cfg.algorithm.init_server(x, cfg.options)
 
@@ -350,6 +358,7 @@ class State:
     sys: dict | None = None          # the virtual clock: time, energy per client, availability state
     timeline: list = field(default_factory=list)
     residual: dict | None = None     # top-k error feedback, per client (N, ...)
+    privacy: dict | None = None      # DP-FedAvg's current clip
 
     @classmethod
     def start(cls, setup: Setup) -> "State":
@@ -366,6 +375,8 @@ class State:
         comp = cfg.compression
         if cfg.compressing and comp.method == "topk" and comp.error_feedback:
             state.residual = {k: torch.zeros(N, *v.shape, dtype=v.dtype) for k, v in x.items() if k not in setup.stays}
+        if setup.private is not None:
+            state.privacy = setup.private.start()
         current = setup.full(x)
         state.trajectory = [current] if cfg.record_params else None
         setup.evaluator(current, 0, state.rows)
@@ -413,9 +424,12 @@ class State:
                    "energy": np.asarray(saved_sys.get("energy", torch.zeros(len(setup.sizes))), dtype=np.float64),
                    "previous": None if previous is None else np.asarray(previous, dtype=bool)}
         timeline = [] if hist.timeline is None else list(hist.timeline.itertuples(index=False, name=None))
+        privacy = None
+        if setup.private is not None:
+            privacy = {"clip": float(saved.get("privacy", setup.private.start())["clip"])}
         return cls(setup, dict(saved["params"]), dict(saved.get("algorithm", {})), client_state, done,
                    rows, hist.rounds.to_dict("records"), hist.timing.to_dict("records"),
-                   None if hist.trajectory is None else list(hist.trajectory), sys, timeline, residual)
+                   None if hist.trajectory is None else list(hist.trajectory), sys, timeline, residual, privacy)
 
     def history(self) -> History:
         setup = self.setup
@@ -425,6 +439,8 @@ class State:
             for k, v in trained.named_parameters():
                 v.copy_(final[k])
         server_state = {"round": self.completed, "params": dict(self.x), "algorithm": dict(self.server_state)}
+        if self.privacy is not None:
+            server_state["privacy"] = dict(self.privacy)
         timeline = None
         if self.sys is not None and setup.asynchronous:
             server_state["systems"] = asynchronous.portable(self.sys)
@@ -459,7 +475,10 @@ def play_round(setup: Setup, state: State, rnd: int) -> None:
     else:
         sel, agg_w, steps, selected, systems = _clocked_selection(setup, state, rnd)
     K = len(sel)  # the clients whose update reaches the server
-    up = _update(setup, state, rnd, sel, agg_w, steps) if K else _Update(state.x, state.server_state)
+    if K or setup.private is not None:   # DP noise is added even to a round without clients
+        up = _update(setup, state, rnd, sel, agg_w, steps)
+    else:
+        up = _Update(state.x, state.server_state)
     x_new, server_state = up.x, up.server_state
     down_extra = sum(server_state[k].numel() * server_state[k].element_size() for k in alg.broadcast) * selected
     evaluate = rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds
@@ -483,6 +502,9 @@ def play_round(setup: Setup, state: State, rnd: int) -> None:
         state.rows[c].extend(rows[c])
     row = dict(round=rnd, clients_selected=selected, clients_completed=K, bytes_up=up.bytes_up,
                bytes_down=selected * setup.down_bytes + down_extra, trainable_params=setup.trainable_count, **up.diag)
+    if up.privacy is not None:
+        row.update(setup.private.row(rnd, state.privacy["clip"]))
+        state.privacy = up.privacy
     if systems is not None:
         state.sys, timeline, extra = systems
         state.timeline.extend(timeline)
@@ -507,16 +529,21 @@ class _Update:
     diag: dict = field(default_factory=dict)
     local_seconds: float = 0.0
     steps: int = 0                                      # the most local steps a client took
+    privacy: dict | None = None                         # DP-FedAvg's clip for the next round
 
 
 def _update(setup: Setup, state: State, rnd: int, sel, agg_w, steps) -> _Update:
     """Local training of the clients ``sel`` and the server's update (nothing in ``state`` changes)."""
     cfg, alg, dtype, N, K = setup.cfg, setup.cfg.algorithm, setup.dtype, len(setup.sizes), len(sel)
     x, plan = state.x, setup.plan
-    train = LocalRound(setup, x, rnd, sel, steps)
-    result = alg.client_update(algs.ClientRound(x, {k: v[sel] for k, v in state.client_state.items()},
-                                                state.server_state, steps, train.lr_sum, cfg.options, train,
-                                                train.grad, train.hvp, setup.head, tuple(train.lrs)))
+    if K:
+        train = LocalRound(setup, x, rnd, sel, steps)
+        result = alg.client_update(algs.ClientRound(x, {k: v[sel] for k, v in state.client_state.items()},
+                                                    state.server_state, steps, train.lr_sum, cfg.options, train,
+                                                    train.grad, train.hvp, setup.head, tuple(train.lrs)))
+    else:   # a private round without clients: only the noise
+        train = None
+        result = algs.ClientResult({k: torch.zeros(0, *v.shape, dtype=v.dtype) for k, v in x.items()})
     delta, bytes_up, residual = result.delta, K * setup.up_bytes, None
     if setup.groups is not None:  # each parameter averaged over the clients that trained it
         delta = mixed.rescale(delta, sel, agg_w.to(dtype), setup.groups)
@@ -527,19 +554,24 @@ def _update(setup: Setup, state: State, rnd: int, sel, agg_w, steps) -> _Update:
         sent, nbytes, residual = cfg.compression.compress(travel, before, rnd, sel)
         delta = {**delta, **sent}
         bytes_up = int(nbytes.sum())
+    weights, p, privacy, client_delta = agg_w.to(dtype), setup.p[sel].to(dtype), None, delta
+    if setup.private is not None:   # the clipped, noised sum as one virtual client of weight 1
+        delta, clip = setup.private.aggregate(delta, weights, state.privacy["clip"], rnd)
+        privacy, weights, p = {"clip": clip}, torch.ones(1, dtype=dtype), torch.ones(1, dtype=dtype)
     x_new, server_state = alg.server_update(algs.ServerRound(
-        x, state.server_state, delta, result.upload, agg_w.to(dtype), setup.p[sel].to(dtype), steps,
+        x, state.server_state, delta, result.upload, weights, p, steps,
         cfg.server_lr, cfg.options, N, sel, torch.ones(K, dtype=torch.bool), setup.head))
     if not all(bool(torch.isfinite(v).all()) for v in x_new.values()):
         raise FloatingPointError(f"round {rnd}: the global parameters became NaN or infinite (training "
-                                 f"diverged); try a smaller client_lr (now {train.lrs[0]:g}) or server_lr")
+                                 f"diverged); try a smaller client_lr (now {cfg.lr(rnd, 0):g}) or server_lr")
     x_new = {k: x_new[k] for k in plan.server}
     diag = {}
-    if cfg.diagnostics:
+    if cfg.diagnostics and K:
         losses, grads = setup.trainer.objectives(x_new, *setup.full_batch)
-        diag = round_diagnostics(losses, grads, setup.p.to(dtype), delta, {k: x[k] - x_new[k] for k in x_new})
+        diag = round_diagnostics(losses, grads, setup.p.to(dtype), client_delta, {k: x[k] - x_new[k] for k in x_new})
     bytes_up += sum(v.numel() * v.element_size() for v in result.upload.values())
-    return _Update(x_new, server_state, result.state, residual, bytes_up, diag, train.seconds, len(train.lrs))
+    return _Update(x_new, server_state, result.state, residual, bytes_up, diag,
+                   train.seconds if train else 0.0, len(train.lrs) if train else 0, privacy)
 
 
 def _play_async(setup: Setup, state: State, rnd: int, t0: float) -> None:

@@ -360,3 +360,14 @@ def test_personal_metrics_equal_personalize_from_the_personal_models_at_step_zer
         a = engine[engine.metric == metric].set_index("client").value.sort_index()
         b = table[table.metric == metric].set_index("client").value.sort_index()
         np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("algorithm", ["ditto", "fedrep", "perfedavg", "fomaml"])
+def test_meta_and_personal_methods_run_on_the_virtual_clock(algorithm):
+    fed, _ = linear_representation(N=4, n=10)
+    sim = flu.systems.Simulation(profiles=flu.systems.profiles("phones", 4, seed=0), seed=0)
+    hist = flu.run(TwoLayer(8, 2), fed, algorithm=algorithm, num_rounds=2, local_steps=2, client_lr=0.05,
+                   batch_size=4, loss="mse", progress=False, systems=sim)
+    assert (hist.rounds.virtual_time > 0).all()
+    per_client = 16 * 8 if algorithm == "fedrep" else (16 + 2) * 8   # FedRep's head stays
+    assert (hist.rounds.bytes_up == hist.rounds.clients_completed * per_client).all()

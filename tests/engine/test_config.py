@@ -106,7 +106,6 @@ class _Strict(Options):
     (dict(client_lr=lambda rnd: 0.1), "client_lr"),            # a schedule of the wrong shape
     (dict(client_lr=lambda rnd, step: "fast"), "client_lr"),
     (dict(client_lr=lambda rnd, step: float("nan")), "client_lr"),
-    (dict(privacy=1.0), "privacy"),
     (dict(algorithm="fedprox", mu=-1.0), "mu"),
     (dict(algorithm="fedprox", momentum=0.9), "momentum"),
     (dict(algorithm=Algorithm("strict", None, None, options=_Strict()), rho=2.0), "rho"),
@@ -121,7 +120,8 @@ def test_bad_arguments_are_refused_before_round_0(kwargs, name):
                                           (dict(federation=[(1, 2)]), "federation"),
                                           (dict(checkpoint=3), "checkpoint"),
                                           (dict(finetune="lora", lora_rank=1.5), "lora_rank"),
-                                          (dict(systems="phones"), "systems"), (dict(compression="qsgd"), "compression")])
+                                          (dict(systems="phones"), "systems"), (dict(compression="qsgd"), "compression"),
+                                          (dict(privacy=1.0), "privacy")])
 def test_wrong_types_are_type_errors(kwargs, name):
     with pytest.raises(TypeError, match=name):
         small_run(**kwargs)

@@ -1,0 +1,67 @@
+"""DP-FedAvg inside a round (``flu.run(..., privacy=flu.privacy.DPFedAvg(...))``).
+
+The selected clients' updates are clipped and summed with the run's weights, Gaussian noise of
+std ``noise_multiplier * clip * max_i w_i`` is added (``flu.privacy.DPFedAvg``, McMahan et al.
+2018), and the server rule receives the noised sum as the update of one virtual client of
+weight 1, so every averaging server rule (FedAvg, FedAvgM, FedAdam, ...) applies unchanged. With
+Poisson sampling at rate q the weights are p_i / q and max_i w_i = max_i p_i / q over all N
+clients; a round that selects nobody still adds the noise (an empty round must look like any
+other). Noise comes from the stream (seed, round, PRIVACY). The adaptive clip (Andrew et al.
+2021) and the accountant's epsilon are recorded per round (``rounds`` columns ``clip`` and
+``epsilon``) and the clip is saved with the History, so a resumed run goes on exactly.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._core import checks as chk
+from .._core.random import PRIVACY, stream
+
+
+def check(setup, upload_extra: int) -> None:
+    """The algorithms DP-FedAvg can wrap: a server rule on the weighted mean of the updates, with no
+    per-client state and nothing else uploaded (``upload_extra`` bytes per client)."""
+    cfg = setup.cfg
+    x = {k: setup.params[k] for k in setup.plan.server}
+    if cfg.algorithm.init_client(x, cfg.options) or cfg.algorithm.has_personal or upload_extra:
+        chk.fail("privacy", f"None with algorithm {cfg.algorithm.name!r}: DP-FedAvg noises one weighted sum of "
+                 "model updates, and this algorithm also keeps or uploads per-client state", "DPFedAvg")
+
+
+class Private:
+    """A run's DP-FedAvg: sampling rate q, the largest weight, and the per-round steps."""
+
+    def __init__(self, setup):
+        cfg = setup.cfg
+        N = len(setup.sizes)
+        self.dp, self.seed = cfg.privacy, cfg.seed
+        partial = cfg.clients_per_round is not None and cfg.clients_per_round < N
+        self.q = cfg.clients_per_round / N if partial else 1.0
+        self.max_weight = float(setup.p.max()) / self.q
+        self.expected_clients = max(1, round(self.q * N))
+        self.stays = setup.stays
+
+    def start(self) -> dict:
+        return {"clip": float(self.dp.clip)}
+
+    def aggregate(self, delta: dict, weights: torch.Tensor, clip: float, rnd: int):
+        """``(noised, next_clip)``: the clipped weighted sum plus noise, as one virtual client's
+        stacked update (1, ...), and the clip for the next round."""
+        travel = {k: v for k, v in delta.items() if k not in self.stays}
+        g = stream(self.seed, rnd, PRIVACY) if self.dp.noise_multiplier > 0 else None
+        if len(weights):
+            clipped, norms = self.dp.clip_updates(travel, clip)
+        else:   # nobody selected: the weighted sum is zero, the noise is not
+            clipped, norms = travel, torch.zeros(0)
+        total = self.dp.aggregate(clipped, weights, g, self.max_weight, clip=clip)
+        total.update({k: torch.zeros_like(v[0]) if len(v) else torch.zeros(v.shape[1:], dtype=v.dtype)
+                      for k, v in delta.items() if k in self.stays})
+        nxt = self.dp.next_clip(norms, clip, g) if len(norms) else clip
+        if not math.isfinite(nxt) and self.dp.adaptive:
+            chk.fail("privacy", "an adaptive clip that stays finite (lower clip_lr)", nxt)
+        return {k: total[k].unsqueeze(0) for k in delta}, nxt
+
+    def row(self, rnd: int, clip: float) -> dict:
+        return {"clip": float(clip), "epsilon": self.dp.epsilon(self.q, rnd, self.expected_clients)}

@@ -1,0 +1,128 @@
+"""DP-FedAvg inside flu.run: exactness claims against hand computations and Opacus' accountant."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import fedlab_utils as flu
+from fedlab_utils.privacy.dp import DPFedAvg
+
+D = 3
+
+
+def clients(seed=0, sizes=(6, 9, 5, 8)):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(n, D, generator=g, dtype=torch.float64) + i, torch.randn(n, generator=g, dtype=torch.float64))
+            for i, n in enumerate(sizes)]
+
+
+FED = flu.data.Federation.from_clients(clients())
+KW = dict(loss="mse", batch_size=None, local_steps=3, client_lr=0.05, progress=False)
+
+
+def test_zero_noise_and_infinite_clip_equal_no_privacy_bit_for_bit():
+    ds = flu.data.load_dataset("digits")
+    fed = flu.data.federate(ds.X, ds.y, flu.partition.dirichlet(ds.y, 10, 0.5, seed=0), seed=0)
+    kw = dict(num_rounds=4, local_steps=2, client_lr=0.05, batch_size=8, progress=False)
+    for algorithm in ("fedavg", "fedadam"):
+        a = flu.run(flu.models.mlp(64, 16, 10), fed, algorithm=algorithm, **kw)
+        b = flu.run(flu.models.mlp(64, 16, 10), fed, algorithm=algorithm,
+                    privacy=DPFedAvg(clip=math.inf, noise_multiplier=0.0), **kw)
+        assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
+        assert a.metrics.equals(b.metrics)
+
+
+def test_one_round_with_a_finite_clip_and_no_noise_is_the_clipped_weighted_sum_by_hand():
+    clip, lr, T = 0.05, 0.05, 3
+    hist = flu.run(flu.models.linear(D), FED, num_rounds=1, privacy=DPFedAvg(clip=clip, noise_multiplier=0.0),
+                   **{**KW, "client_lr": lr, "local_steps": T})
+    x0 = np.zeros(D)
+    p = np.array(FED.sizes, dtype=float) / sum(FED.sizes)
+    total = np.zeros(D)
+    norms = []
+    for (X, y), pi in zip(clients(), p):
+        X, y = X.numpy(), y.numpy()
+        w = x0.copy()
+        for _ in range(T):
+            w = w - lr * 2 * X.T @ (X @ w - y) / len(y)
+        d = x0 - w
+        norms.append(np.linalg.norm(d))
+        total += pi * d * min(1.0, clip / np.linalg.norm(d))
+    assert max(norms) > clip        # the clip binds
+    np.testing.assert_allclose(hist.params["head.weight"].numpy()[0], x0 - total, atol=1e-14)
+
+
+def test_every_clipped_update_has_norm_at_most_clip():
+    dp = DPFedAvg(clip=0.3, noise_multiplier=0.0)
+    deltas = {"a": torch.randn(7, 4, 5, dtype=torch.float64), "b": torch.randn(7, 3, dtype=torch.float64)}
+    clipped, norms = dp.clip_updates(deltas)
+    after = torch.sqrt(sum(v.reshape(7, -1).pow(2).sum(1) for v in clipped.values()))
+    assert (after <= 0.3 + 1e-12).all() and (norms > 0.3).any()
+
+
+def test_noise_has_the_pinned_std_and_comes_from_a_seeded_stream():
+    """x_1 - x_1(no noise) = -server_lr * N(0, (z C max_i w_i)^2 I): over many seeds its std matches."""
+    z, clip = 0.5, 0.01
+    base = flu.run(flu.models.linear(D), FED, num_rounds=1, privacy=DPFedAvg(clip=clip, noise_multiplier=0.0), **KW)
+    draws = []
+    for seed in range(300):
+        h = flu.run(flu.models.linear(D), FED, num_rounds=1, privacy=DPFedAvg(clip=clip, noise_multiplier=z),
+                    seed=seed, **KW)
+        draws.append((base.params["head.weight"] - h.params["head.weight"]).numpy()[0])
+    p = np.array(FED.sizes, dtype=float) / sum(FED.sizes)
+    want = z * clip * p.max()
+    got = np.std(np.array(draws), axis=0, ddof=1)
+    assert np.all(np.abs(got / want - 1) < 4 / np.sqrt(2 * 300))
+    again = flu.run(flu.models.linear(D), FED, num_rounds=1, privacy=DPFedAvg(clip=clip, noise_multiplier=z), seed=7, **KW)
+    assert np.array_equal((base.params["head.weight"] - again.params["head.weight"]).numpy()[0], draws[7])
+
+
+def test_epsilon_per_round_is_opacus_rdp_at_the_poisson_rate():
+    from opacus.accountants import RDPAccountant
+    dp = DPFedAvg(clip=1.0, noise_multiplier=1.1, delta=1e-5)
+    hist = flu.run(flu.models.linear(D), FED, num_rounds=4, privacy=dp, clients_per_round=2, sampling="poisson",
+                   **KW)
+    for r, eps in zip(hist.rounds["round"], hist.rounds["epsilon"]):
+        acc = RDPAccountant()
+        acc.history = [(1.1, 0.5, int(r))]
+        assert abs(eps - acc.get_epsilon(1e-5)) < 1e-12
+    assert hist.rounds["epsilon"].is_monotonic_increasing and (hist.rounds["clip"] == 1.0).all()
+    assert math.isinf(flu.run(flu.models.linear(D), FED, num_rounds=1, privacy=DPFedAvg(noise_multiplier=0.0),
+                              **KW).rounds["epsilon"].iloc[0])
+
+
+def test_a_round_without_clients_still_adds_noise():
+    dp = DPFedAvg(clip=0.1, noise_multiplier=1.0)
+    hist = flu.run(flu.models.linear(D), FED, num_rounds=25, privacy=dp, clients_per_round=1, sampling="poisson",
+                   record_params=True, seed=3, **KW)
+    empty = hist.rounds[hist.rounds.clients_selected == 0]["round"].tolist()
+    assert empty
+    for r in empty:
+        assert not torch.equal(hist.trajectory[r]["head.weight"], hist.trajectory[r - 1]["head.weight"])
+
+
+def test_adaptive_clip_and_accounting_resume_exactly(tmp_path):
+    dp = DPFedAvg(clip=0.5, noise_multiplier=0.8, target_quantile=0.5, clip_lr=0.3)
+    kw = dict(privacy=dp, clients_per_round=2, sampling="poisson", **KW)
+    full = flu.run(flu.models.linear(D), FED, num_rounds=6, **kw)
+    assert full.rounds["clip"].nunique() > 1       # the clip adapts
+    path = tmp_path / "dp.pt"
+    flu.run(flu.models.linear(D), FED, num_rounds=3, checkpoint=path, **kw)
+    resumed = flu.run(flu.models.linear(D), FED, num_rounds=6, checkpoint=path, resume=path, **kw)
+    assert resumed.rounds.equals(full.rounds) and resumed.metrics.equals(full.metrics)
+    assert torch.equal(resumed.params["head.weight"], full.params["head.weight"])
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(clients_per_round=2, sampling="uniform"), "sampling"),
+    (dict(algorithm="scaffold"), "privacy"),
+    (dict(algorithm="ditto"), "privacy"),
+    (dict(algorithm="fednova"), "privacy"),
+    (dict(compression=flu.systems.Compression("float16")), "privacy"),
+])
+def test_what_dp_fedavg_cannot_wrap_is_refused_by_name(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        flu.run(flu.models.linear(D), FED, num_rounds=1, privacy=DPFedAvg(), **{**KW, **kwargs})
+    with pytest.raises(TypeError, match="privacy"):
+        flu.run(flu.models.linear(D), FED, num_rounds=1, privacy={"clip": 1.0}, **KW)
