@@ -246,9 +246,16 @@ def _check_privacy(privacy, finetune, systems, compression, clients_per_round, s
     """DP-FedAvg's preconditions: Poisson client sampling under partial participation (what the
     RDP accountant assumes) and one synchronous, uncompressed aggregation of one mode."""
     from ..privacy.dp import DPFedAvg
-    if not isinstance(privacy, DPFedAvg):
-        raise TypeError(f"privacy must be an flu.privacy.DPFedAvg or None, got {type(privacy).__name__}")
-    if clients_per_round is not None and clients_per_round < N and sampling != "poisson":
+    from ..privacy.secure_agg import SecureAggregation
+    if isinstance(privacy, SecureAggregation):
+        if N < 2 or (clients_per_round is not None and clients_per_round < 2):
+            chk.fail("clients_per_round", "at least 2 with secure aggregation (one update cannot be hidden)",
+                     clients_per_round or N)
+    elif not isinstance(privacy, DPFedAvg):
+        raise TypeError(f"privacy must be an flu.privacy.DPFedAvg, an flu.privacy.SecureAggregation or None, "
+                        f"got {type(privacy).__name__}")
+    if isinstance(privacy, DPFedAvg) and clients_per_round is not None and clients_per_round < N \
+            and sampling != "poisson":
         chk.fail("sampling", "'poisson' with privacy= and clients_per_round < N (the sampling the RDP accountant "
                  "assumes)", sampling)
     if not isinstance(finetune, str):

@@ -1,4 +1,5 @@
-"""DP-FedAvg inside a round (``flu.run(..., privacy=flu.privacy.DPFedAvg(...))``).
+"""Privacy inside a round: DP-FedAvg (``privacy=flu.privacy.DPFedAvg(...)``) and secure
+aggregation (``privacy=flu.privacy.SecureAggregation()``).
 
 The selected clients' updates are clipped and summed with the run's weights, Gaussian noise of
 std ``noise_multiplier * clip * max_i w_i`` is added (``flu.privacy.DPFedAvg``, McMahan et al.
@@ -17,17 +18,59 @@ import math
 import torch
 
 from .._core import checks as chk
-from .._core.random import PRIVACY, stream
+from .._core.random import PRIVACY, mix, stream
 
 
 def check(setup, upload_extra: int) -> None:
-    """The algorithms DP-FedAvg can wrap: a server rule on the weighted mean of the updates, with no
-    per-client state and nothing else uploaded (``upload_extra`` bytes per client)."""
+    """The algorithms a private aggregation can wrap: a server rule on the weighted sum of the
+    updates, with no per-client state and nothing else uploaded (``upload_extra`` bytes per client)."""
     cfg = setup.cfg
     x = {k: setup.params[k] for k in setup.plan.server}
     if cfg.algorithm.init_client(x, cfg.options) or cfg.algorithm.has_personal or upload_extra:
-        chk.fail("privacy", f"None with algorithm {cfg.algorithm.name!r}: DP-FedAvg noises one weighted sum of "
-                 "model updates, and this algorithm also keeps or uploads per-client state", "DPFedAvg")
+        chk.fail("privacy", f"None with algorithm {cfg.algorithm.name!r}: the private aggregation acts on one "
+                 "weighted sum of model updates, and this algorithm also keeps or uploads per-client state",
+                 type(cfg.privacy).__name__)
+
+
+def build(setup):
+    """The run's privacy mechanism (:class:`Private` or :class:`Secure`), after :func:`check`."""
+    return Secure(setup) if type(setup.cfg.privacy).__name__ == "SecureAggregation" else Private(setup)
+
+
+class Secure:
+    """Secure aggregation (Bonawitz et al. 2017, ``flu.privacy.secure_sum``): the weighted sum of a
+    round's updates computed from masked uploads; the clip and epsilon of DP do not apply."""
+
+    def __init__(self, setup):
+        self.record, self.seed, self.stays = setup.cfg.privacy, setup.cfg.seed, setup.stays
+
+    def start(self) -> dict:
+        return {}
+
+    def aggregate(self, delta: dict, weights: torch.Tensor, state: dict, rnd: int):
+        """``(summed, state, extra)``: sum_i w_i delta_i through the masking protocol as one virtual
+        client's update (1, ...), or None when fewer than two clients can take part."""
+        from ..privacy.secure_agg import secure_sum
+        K = len(weights)
+        if K < 2:
+            return None, state, {"secure_messages": 0, "secure_bytes": 0}
+        travel = [k for k in delta if k not in self.stays]
+        flat = [torch.cat([(weights[i].to(delta[k].dtype) * delta[k][i]).reshape(-1).double() for k in travel])
+                for i in range(K)]
+        t = None if self.record.threshold is None else min(self.record.threshold, K)
+        total, transcript = secure_sum(flat, seed=mix(self.record.seed, rnd), threshold=t)
+        out, i = {}, 0
+        for k, v in delta.items():
+            if k in self.stays:
+                out[k] = torch.zeros(1, *v.shape[1:], dtype=v.dtype)
+                continue
+            n = v[0].numel()
+            out[k] = total[i:i + n].reshape(1, *v.shape[1:]).to(v.dtype)
+            i += n
+        return out, state, {"secure_messages": int(transcript["messages"]), "secure_bytes": int(transcript["bytes"])}
+
+    def row(self, rnd: int, state: dict) -> dict:
+        return {}
 
 
 class Private:
@@ -46,9 +89,10 @@ class Private:
     def start(self) -> dict:
         return {"clip": float(self.dp.clip)}
 
-    def aggregate(self, delta: dict, weights: torch.Tensor, clip: float, rnd: int):
-        """``(noised, next_clip)``: the clipped weighted sum plus noise, as one virtual client's
+    def aggregate(self, delta: dict, weights: torch.Tensor, state: dict, rnd: int):
+        """``(noised, state, extra)``: the clipped weighted sum plus noise, as one virtual client's
         stacked update (1, ...), and the clip for the next round."""
+        clip = state["clip"]
         travel = {k: v for k, v in delta.items() if k not in self.stays}
         g = stream(self.seed, rnd, PRIVACY) if self.dp.noise_multiplier > 0 else None
         if len(weights):
@@ -61,7 +105,8 @@ class Private:
         nxt = self.dp.next_clip(norms, clip, g) if len(norms) else clip
         if not math.isfinite(nxt) and self.dp.adaptive:
             chk.fail("privacy", "an adaptive clip that stays finite (lower clip_lr)", nxt)
-        return {k: total[k].unsqueeze(0) for k in delta}, nxt
+        return {k: total[k].unsqueeze(0) for k in delta}, {"clip": nxt}, {}
 
-    def row(self, rnd: int, clip: float) -> dict:
-        return {"clip": float(clip), "epsilon": self.dp.epsilon(self.q, rnd, self.expected_clients)}
+    def row(self, rnd: int, state: dict) -> dict:
+        """``rounds`` columns of round ``rnd`` (state: the clip it used)."""
+        return {"clip": float(state["clip"]), "epsilon": self.dp.epsilon(self.q, rnd, self.expected_clients)}

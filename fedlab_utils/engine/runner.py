@@ -231,7 +231,7 @@ class Setup:
             setup._attach_clock(tuple(X.shape[1:]))
         if cfg.privacy is not None:
             private.check(setup, _upload_extra(cfg, setup))
-            setup.private = private.Private(setup)
+            setup.private = private.build(setup)
         return setup
 
     def _attach_modes(self, X, Y) -> None:
@@ -426,7 +426,7 @@ class State:
         timeline = [] if hist.timeline is None else list(hist.timeline.itertuples(index=False, name=None))
         privacy = None
         if setup.private is not None:
-            privacy = {"clip": float(saved.get("privacy", setup.private.start())["clip"])}
+            privacy = {k: float(v) for k, v in saved.get("privacy", setup.private.start()).items()}
         return cls(setup, dict(saved["params"]), dict(saved.get("algorithm", {})), client_state, done,
                    rows, hist.rounds.to_dict("records"), hist.timing.to_dict("records"),
                    None if hist.trajectory is None else list(hist.trajectory), sys, timeline, residual, privacy)
@@ -475,7 +475,7 @@ def play_round(setup: Setup, state: State, rnd: int) -> None:
     else:
         sel, agg_w, steps, selected, systems = _clocked_selection(setup, state, rnd)
     K = len(sel)  # the clients whose update reaches the server
-    if K or setup.private is not None:   # DP noise is added even to a round without clients
+    if K or isinstance(setup.private, private.Private):   # DP noise is added even to a round without clients
         up = _update(setup, state, rnd, sel, agg_w, steps)
     else:
         up = _Update(state.x, state.server_state)
@@ -503,7 +503,7 @@ def play_round(setup: Setup, state: State, rnd: int) -> None:
     row = dict(round=rnd, clients_selected=selected, clients_completed=K, bytes_up=up.bytes_up,
                bytes_down=selected * setup.down_bytes + down_extra, trainable_params=setup.trainable_count, **up.diag)
     if up.privacy is not None:
-        row.update(setup.private.row(rnd, state.privacy["clip"]))
+        row.update(setup.private.row(rnd, state.privacy), **up.privacy_extra)
         state.privacy = up.privacy
     if systems is not None:
         state.sys, timeline, extra = systems
@@ -529,7 +529,8 @@ class _Update:
     diag: dict = field(default_factory=dict)
     local_seconds: float = 0.0
     steps: int = 0                                      # the most local steps a client took
-    privacy: dict | None = None                         # DP-FedAvg's clip for the next round
+    privacy: dict | None = None                         # the privacy mechanism's state for the next round
+    privacy_extra: dict = field(default_factory=dict)   # its rounds columns (secure aggregation's traffic)
 
 
 def _update(setup: Setup, state: State, rnd: int, sel, agg_w, steps) -> _Update:
@@ -554,13 +555,18 @@ def _update(setup: Setup, state: State, rnd: int, sel, agg_w, steps) -> _Update:
         sent, nbytes, residual = cfg.compression.compress(travel, before, rnd, sel)
         delta = {**delta, **sent}
         bytes_up = int(nbytes.sum())
-    weights, p, privacy, client_delta = agg_w.to(dtype), setup.p[sel].to(dtype), None, delta
-    if setup.private is not None:   # the clipped, noised sum as one virtual client of weight 1
-        delta, clip = setup.private.aggregate(delta, weights, state.privacy["clip"], rnd)
-        privacy, weights, p = {"clip": clip}, torch.ones(1, dtype=dtype), torch.ones(1, dtype=dtype)
-    x_new, server_state = alg.server_update(algs.ServerRound(
-        x, state.server_state, delta, result.upload, weights, p, steps,
-        cfg.server_lr, cfg.options, N, sel, torch.ones(K, dtype=torch.bool), setup.head))
+    weights, p, privacy, extra, client_delta = agg_w.to(dtype), setup.p[sel].to(dtype), None, {}, delta
+    if setup.private is not None:   # the private sum (clipped and noised, or masked) as one virtual client
+        delta, privacy, extra = setup.private.aggregate(delta, weights, state.privacy, rnd)
+        weights, p = torch.ones(1, dtype=dtype), torch.ones(1, dtype=dtype)
+        if "secure_bytes" in extra:
+            bytes_up = extra["secure_bytes"]   # every protocol message (keys, shares, masked uploads)
+    if delta is None:   # secure aggregation with fewer than two clients: nothing can be aggregated
+        x_new, server_state = x, state.server_state
+    else:
+        x_new, server_state = alg.server_update(algs.ServerRound(
+            x, state.server_state, delta, result.upload, weights, p, steps,
+            cfg.server_lr, cfg.options, N, sel, torch.ones(K, dtype=torch.bool), setup.head))
     if not all(bool(torch.isfinite(v).all()) for v in x_new.values()):
         raise FloatingPointError(f"round {rnd}: the global parameters became NaN or infinite (training "
                                  f"diverged); try a smaller client_lr (now {cfg.lr(rnd, 0):g}) or server_lr")
@@ -571,7 +577,7 @@ def _update(setup: Setup, state: State, rnd: int, sel, agg_w, steps) -> _Update:
         diag = round_diagnostics(losses, grads, setup.p.to(dtype), client_delta, {k: x[k] - x_new[k] for k in x_new})
     bytes_up += sum(v.numel() * v.element_size() for v in result.upload.values())
     return _Update(x_new, server_state, result.state, residual, bytes_up, diag,
-                   train.seconds if train else 0.0, len(train.lrs) if train else 0, privacy)
+                   train.seconds if train else 0.0, len(train.lrs) if train else 0, privacy, extra)
 
 
 def _play_async(setup: Setup, state: State, rnd: int, t0: float) -> None:

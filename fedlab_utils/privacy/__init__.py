@@ -10,7 +10,8 @@ pandas and scipy load on first call. Public names:
   (Andrew et al. 2021) and its pure per-round math: ``clip_updates``, ``aggregate``, ``next_clip``,
   ``accounting_noise_multiplier`` (``dp``);
 - ``secure_sum``: Bonawitz et al. 2017 pairwise masking over Z_{2^64} with Shamir recovery of
-  dropped clients (``secure_agg``; ``shamir_split``, ``shamir_reconstruct``);
+  dropped clients (``secure_agg``; ``shamir_split``, ``shamir_reconstruct``), and
+  ``SecureAggregation``, the record that makes ``flu.run`` aggregate through it;
 - ``encrypted_sum``: summation of CKKS ciphertexts through TenSEAL (``homomorphic``);
 - ``invert_gradients`` and ``reconstruction_error``: DLG / iDLG / Geiping et al. gradient
   inversion and its best-match error (``attacks``).
@@ -19,7 +20,7 @@ from .accounting import epsilon, noise_multiplier
 from .attacks import Reconstruction, idlg_labels, invert_gradients, reconstruction_error
 from .dp import DPFedAvg
 from .homomorphic import encrypted_sum
-from .secure_agg import secure_sum, shamir_reconstruct, shamir_split
+from .secure_agg import SecureAggregation, secure_sum, shamir_reconstruct, shamir_split
 
-__all__ = ["DPFedAvg", "Reconstruction", "encrypted_sum", "epsilon", "idlg_labels", "invert_gradients",
+__all__ = ["DPFedAvg", "Reconstruction", "SecureAggregation", "encrypted_sum", "epsilon", "idlg_labels", "invert_gradients",
            "noise_multiplier", "reconstruction_error", "secure_sum", "shamir_reconstruct", "shamir_split"]

@@ -26,6 +26,7 @@ Secrets and PRG streams come from ``fedlab_utils._core.random`` streams keyed by
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -181,3 +182,26 @@ def secure_sum(updates, dropped=(), seed: int = 0, *, threshold: int | None = No
         "masked": masked, "seconds": {"client": client_s, "server": server_s},
     }
     return out, transcript
+
+
+
+@dataclass(frozen=True)
+class SecureAggregation:
+    """``flu.run(..., privacy=flu.privacy.SecureAggregation())``: every round's weighted sum goes
+    through :func:`secure_sum`, so the server sees only masked uploads and their total.
+
+    Clients pre-multiply their update by their aggregation weight (u_i = w_i delta_i, the weights
+    being public), the server unmasks sum_i u_i. Floats are rounded to multiples of 2^-24 before
+    masking, so the aggregate is within K 2^-25 per entry of plain aggregation's (K the round's
+    clients), and ``server_lr`` times that after one server step. Round r's protocol is seeded by
+    (``seed``, r); ``threshold`` is Shamir's t (default K // 2 + 1, capped at K). A round with
+    fewer than two completing clients cannot hide an update and leaves the model unchanged.
+    """
+
+    threshold: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.threshold is not None:
+            chk.integer("threshold", self.threshold, low=2)
+        seed_value("seed", self.seed)

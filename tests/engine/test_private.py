@@ -126,3 +126,24 @@ def test_what_dp_fedavg_cannot_wrap_is_refused_by_name(kwargs, name):
         flu.run(flu.models.linear(D), FED, num_rounds=1, privacy=DPFedAvg(), **{**KW, **kwargs})
     with pytest.raises(TypeError, match="privacy"):
         flu.run(flu.models.linear(D), FED, num_rounds=1, privacy={"clip": 1.0}, **KW)
+
+
+def test_secure_aggregation_equals_plain_aggregation_up_to_the_pinned_quantisation():
+    from fedlab_utils.privacy import SecureAggregation
+    kw = dict(num_rounds=1, **KW)
+    plain = flu.run(flu.models.linear(D), FED, **kw)
+    secure = flu.run(flu.models.linear(D), FED, privacy=SecureAggregation(seed=3), **kw)
+    K = FED.num_clients
+    diff = (plain.params["head.weight"] - secure.params["head.weight"]).abs().max().item()
+    assert diff <= K * 2 ** -25
+    assert secure.rounds["secure_messages"].iloc[0] > 0
+    assert secure.rounds["bytes_up"].iloc[0] == secure.rounds["secure_bytes"].iloc[0] > plain.rounds["bytes_up"].iloc[0]
+    # several rounds and partial participation stay close to the plain run
+    kw = dict(num_rounds=5, clients_per_round=3, **KW)
+    a = flu.run(flu.models.linear(D), FED, **kw)
+    b = flu.run(flu.models.linear(D), FED, privacy=SecureAggregation(), **kw)
+    assert (a.params["head.weight"] - b.params["head.weight"]).abs().max().item() < 5 * 3 * 2 ** -25 * 2
+    with pytest.raises(ValueError, match="clients_per_round"):
+        flu.run(flu.models.linear(D), FED, privacy=SecureAggregation(), **{**kw, "clients_per_round": 1})
+    with pytest.raises(ValueError, match="threshold"):
+        SecureAggregation(threshold=1)
