@@ -203,7 +203,7 @@ def configure(model, federation, *, algorithm, num_rounds, local_steps, client_l
             chk.fail("compression", "None with finetune='lora' (its clients upload factors, not the dense update "
                      "the server merges; compress with finetune='ffa_lora')", compression.method)
     if privacy is not None:
-        _check_privacy(privacy, finetune, systems, compression, clients_per_round, sampling, N)
+        _check_privacy(privacy, finetune, systems, compression, clients_per_round, sampling, N, batch_size, alg)
     mode, modes = _modes(finetune, N)
     alg_values, ft_values = _route(options, alg, modes)
     opts = alg.configure(**alg_values)
@@ -242,17 +242,27 @@ def configure(model, federation, *, algorithm, num_rounds, local_steps, client_l
         modes=modes if mode == "mixed" else ())
 
 
-def _check_privacy(privacy, finetune, systems, compression, clients_per_round, sampling, N) -> None:
+def _check_privacy(privacy, finetune, systems, compression, clients_per_round, sampling, N, batch_size, alg) -> None:
     """DP-FedAvg's preconditions: Poisson client sampling under partial participation (what the
     RDP accountant assumes) and one synchronous, uncompressed aggregation of one mode."""
-    from ..privacy.dp import DPFedAvg
+    from ..privacy.dp import DPSGD, DPFedAvg
     from ..privacy.secure_agg import SecureAggregation
+    if isinstance(privacy, DPSGD):
+        if batch_size is None:
+            chk.fail("batch_size", "an int with privacy=DPSGD (the Poisson rate is batch_size / n_i)", batch_size)
+        if alg.kind == "meta" and alg.name != "reptile":
+            chk.fail("privacy", f"None or DPFedAvg with {alg.name!r} (its client rule uses gradients DP-SGD does "
+                     "not privatise)", privacy)
+        if not isinstance(finetune, str) or finetune == "lora" or (systems is not None and systems.aggregation != "sync"):
+            chk.fail("privacy", "None with one mode per client, finetune='lora' or asynchronous aggregation "
+                     "(not built for DP-SGD)", privacy)
+        return
     if isinstance(privacy, SecureAggregation):
         if N < 2 or (clients_per_round is not None and clients_per_round < 2):
             chk.fail("clients_per_round", "at least 2 with secure aggregation (one update cannot be hidden)",
                      clients_per_round or N)
     elif not isinstance(privacy, DPFedAvg):
-        raise TypeError(f"privacy must be an flu.privacy.DPFedAvg, an flu.privacy.SecureAggregation or None, "
+        raise TypeError(f"privacy must be an flu.privacy.DPFedAvg, DPSGD or SecureAggregation, or None, "
                         f"got {type(privacy).__name__}")
     if isinstance(privacy, DPFedAvg) and clients_per_round is not None and clients_per_round < N \
             and sampling != "poisson":

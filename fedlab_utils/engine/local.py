@@ -27,8 +27,11 @@ class Trainer:
         self.loss, self.l2_names, self.l2, self.backend = loss, l2_names, l2, backend
 
     chunk = None  # clients trained at once by the vectorised backend (None: all selected)
+    dp = None     # sample-level DP-SGD of this round: (clip, noise_multiplier, scale (K,), generators)
 
     def __call__(self, x, idx, w, mask, lrs, start, shift=None, pull=0.0, fixed=()):
+        if self.dp is not None:
+            return self._dp_sgd(x, idx, w, mask, lrs, start, shift, pull, fixed)
         if self.backend == "loop":
             return self._loop(x, idx, w, mask, lrs, shift, pull, start, fixed)
         return self._chunked(lambda rows, sh, st: self._vectorized(x, idx[rows], w[rows], mask[rows], lrs, sh, pull,
@@ -164,3 +167,35 @@ class Trainer:
                         P[n] = P[n].detach() - lrs[t] * g
             rows.append({n: v.detach() for n, v in P.items()})
         return {n: torch.stack([r[n] for r in rows]) for n in start}
+
+    def _dp_sgd(self, x, idx, w, mask, lrs, start, shift, pull, fixed):
+        """DP-SGD steps (Abadi et al. 2016): per-example gradients (each example as its own row of a
+        stacked computation), each clipped to norm C over the trained tensors, summed over the
+        Poisson minibatch, plus N(0, (z C)^2 I) from the client's stream, times 1 / (q_i n_i)."""
+        clip, z, scale, gens = self.dp
+        P = {k: start[k].detach().clone() for k in start}
+        names = [k for k in start if k not in fixed]
+        K, T, B = idx.shape
+        for t in range(T):
+            xt, yt = self.X[idx[:, t]], self.Y[idx[:, t]]
+            E = {k: v.repeat_interleave(B, 0) for k, v in P.items()}
+            leaves = {k: E[k].requires_grad_() for k in names}
+            out = stacked_forward(self.model, {**self.frozen, **E, **leaves}, xt.reshape(K * B, 1, *xt.shape[2:]),
+                                  frozenset(E))
+            losses = sample_losses(out, yt.reshape(K * B, 1, *yt.shape[2:]), self.loss)
+            grads = torch.autograd.grad(losses.sum(), [leaves[k] for k in names])
+            with torch.no_grad():
+                per = {k: g.reshape(K, B, *g.shape[1:]) for k, g in zip(names, grads)}
+                norms = torch.sqrt(sum(g.reshape(K, B, -1).double().pow(2).sum(2) for g in per.values()))
+                keep = (w[:, t] > 0).double() * torch.clamp(clip / norms.clamp(min=1e-300), max=1.0)
+                m = mask[:, t]
+                for k in names:
+                    g = torch.einsum("kb,kb...->k...", keep.to(per[k].dtype), per[k])
+                    if z > 0:
+                        noise = torch.stack([torch.randn(P[k].shape[1:], generator=gens[i], dtype=torch.float64)
+                                             for i in range(K)])
+                        g = g + (z * clip * noise).to(g.dtype)
+                    g = g * scale.to(g.dtype).view(-1, *[1] * (g.dim() - 1))
+                    g = self._grad_terms(g, k, P[k], x, shift, pull)
+                    P[k] = P[k] - lrs[t] * g * m.to(g.dtype).view(-1, *[1] * (g.dim() - 1))
+        return {k: v.detach() for k, v in P.items()}

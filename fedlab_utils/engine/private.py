@@ -33,13 +33,43 @@ def check(setup, upload_extra: int) -> None:
 
 
 def build(setup):
-    """The run's privacy mechanism (:class:`Private` or :class:`Secure`), after :func:`check`."""
-    return Secure(setup) if type(setup.cfg.privacy).__name__ == "SecureAggregation" else Private(setup)
+    """The run's privacy mechanism (:class:`Private`, :class:`Secure` or :class:`SampleLevel`)."""
+    kind = type(setup.cfg.privacy).__name__
+    return {"SecureAggregation": Secure, "DPSGD": SampleLevel}.get(kind, Private)(setup)
+
+
+class SampleLevel:
+    """Sample-level DP-SGD (``flu.privacy.DPSGD``): the clients' local steps are private
+    (engine.local, ``Trainer._dp_sgd``); aggregation is plain. Here: each client's count of private
+    steps, and the largest per-client epsilon (client i: Poisson rate q_i = min(1, b / n_i))."""
+
+    replaces_sum = False
+
+    def __init__(self, setup):
+        self.dp = setup.cfg.privacy
+        n = setup.sizes.to(torch.float64)
+        self.q = torch.clamp(setup.cfg.batch_size / n, max=1.0)
+        self.N = len(n)
+
+    def start(self) -> dict:
+        return {"steps": torch.zeros(self.N, dtype=torch.long)}
+
+    def aggregate(self, delta, weights, state, rnd, sel, steps):
+        done = state["steps"].clone()
+        done[sel] += steps
+        return delta, {"steps": done}, {}
+
+    def row(self, rnd: int, before: dict, after: dict) -> dict:
+        """The largest epsilon over the clients after this round (from the steps after it)."""
+        pairs = {(float(q), int(s)) for q, s in zip(self.q.tolist(), after["steps"].tolist()) if s}
+        return {"epsilon": max((self.dp.epsilon(q, s) for q, s in pairs), default=0.0)}
 
 
 class Secure:
     """Secure aggregation (Bonawitz et al. 2017, ``flu.privacy.secure_sum``): the weighted sum of a
     round's updates computed from masked uploads; the clip and epsilon of DP do not apply."""
+
+    replaces_sum = True
 
     def __init__(self, setup):
         self.record, self.seed, self.stays = setup.cfg.privacy, setup.cfg.seed, setup.stays
@@ -47,7 +77,7 @@ class Secure:
     def start(self) -> dict:
         return {}
 
-    def aggregate(self, delta: dict, weights: torch.Tensor, state: dict, rnd: int):
+    def aggregate(self, delta: dict, weights: torch.Tensor, state: dict, rnd: int, sel=None, steps=None):
         """``(summed, state, extra)``: sum_i w_i delta_i through the masking protocol as one virtual
         client's update (1, ...), or None when fewer than two clients can take part."""
         from ..privacy.secure_agg import secure_sum
@@ -69,12 +99,14 @@ class Secure:
             i += n
         return out, state, {"secure_messages": int(transcript["messages"]), "secure_bytes": int(transcript["bytes"])}
 
-    def row(self, rnd: int, state: dict) -> dict:
+    def row(self, rnd: int, before: dict, after: dict) -> dict:
         return {}
 
 
 class Private:
     """A run's DP-FedAvg: sampling rate q, the largest weight, and the per-round steps."""
+
+    replaces_sum = True
 
     def __init__(self, setup):
         cfg = setup.cfg
@@ -89,7 +121,7 @@ class Private:
     def start(self) -> dict:
         return {"clip": float(self.dp.clip)}
 
-    def aggregate(self, delta: dict, weights: torch.Tensor, state: dict, rnd: int):
+    def aggregate(self, delta: dict, weights: torch.Tensor, state: dict, rnd: int, sel=None, steps=None):
         """``(noised, state, extra)``: the clipped weighted sum plus noise, as one virtual client's
         stacked update (1, ...), and the clip for the next round."""
         clip = state["clip"]
@@ -107,6 +139,6 @@ class Private:
             chk.fail("privacy", "an adaptive clip that stays finite (lower clip_lr)", nxt)
         return {k: total[k].unsqueeze(0) for k in delta}, {"clip": nxt}, {}
 
-    def row(self, rnd: int, state: dict) -> dict:
-        """``rounds`` columns of round ``rnd`` (state: the clip it used)."""
-        return {"clip": float(state["clip"]), "epsilon": self.dp.epsilon(self.q, rnd, self.expected_clients)}
+    def row(self, rnd: int, before: dict, after: dict) -> dict:
+        """``rounds`` columns of round ``rnd``: the clip it used and the cumulative epsilon."""
+        return {"clip": float(before["clip"]), "epsilon": self.dp.epsilon(self.q, rnd, self.expected_clients)}

@@ -88,7 +88,10 @@ def run(model, federation, algorithm="fedavg", num_rounds=50, local_steps=5, cli
         privacy: an ``flu.privacy.DPFedAvg`` (client-level DP-FedAvg: each update clipped to norm
             ``clip``, Gaussian noise of std ``noise_multiplier * clip * max_i w_i`` added to the
             weighted sum; ``sampling="poisson"`` when ``clients_per_round`` < N); adds ``rounds``
-            columns ``clip`` and ``epsilon`` (Opacus' RDP accountant). None for no privacy.
+            columns ``clip`` and ``epsilon`` (Opacus' RDP accountant); an ``flu.privacy.DPSGD``
+            (sample-level DP-SGD in every local step: Poisson minibatches, per-example clipping,
+            noise; ``epsilon`` is the largest per-client one); an ``flu.privacy.SecureAggregation``
+            (each round's weighted sum from masked uploads). None for no privacy.
         compression: an ``flu.systems.Compression`` of the uploaded updates ("qsgd", "topk",
             "float16"; "none" is the same as None); bytes_up counts the encoded size.
         eval_every: evaluate the global model every this many rounds (and after the last).
@@ -230,8 +233,9 @@ class Setup:
         if cfg.systems is not None:
             setup._attach_clock(tuple(X.shape[1:]))
         if cfg.privacy is not None:
-            private.check(setup, _upload_extra(cfg, setup))
             setup.private = private.build(setup)
+            if setup.private.replaces_sum:
+                private.check(setup, _upload_extra(cfg, setup))
         return setup
 
     def _attach_modes(self, X, Y) -> None:
@@ -426,7 +430,8 @@ class State:
         timeline = [] if hist.timeline is None else list(hist.timeline.itertuples(index=False, name=None))
         privacy = None
         if setup.private is not None:
-            privacy = {k: float(v) for k, v in saved.get("privacy", setup.private.start()).items()}
+            privacy = {k: v if isinstance(v, torch.Tensor) else float(v)
+                       for k, v in saved.get("privacy", setup.private.start()).items()}
         return cls(setup, dict(saved["params"]), dict(saved.get("algorithm", {})), client_state, done,
                    rows, hist.rounds.to_dict("records"), hist.timing.to_dict("records"),
                    None if hist.trajectory is None else list(hist.trajectory), sys, timeline, residual, privacy)
@@ -503,7 +508,7 @@ def play_round(setup: Setup, state: State, rnd: int) -> None:
     row = dict(round=rnd, clients_selected=selected, clients_completed=K, bytes_up=up.bytes_up,
                bytes_down=selected * setup.down_bytes + down_extra, trainable_params=setup.trainable_count, **up.diag)
     if up.privacy is not None:
-        row.update(setup.private.row(rnd, state.privacy), **up.privacy_extra)
+        row.update(setup.private.row(rnd, state.privacy, up.privacy), **up.privacy_extra)
         state.privacy = up.privacy
     if systems is not None:
         state.sys, timeline, extra = systems
@@ -557,8 +562,9 @@ def _update(setup: Setup, state: State, rnd: int, sel, agg_w, steps) -> _Update:
         bytes_up = int(nbytes.sum())
     weights, p, privacy, extra, client_delta = agg_w.to(dtype), setup.p[sel].to(dtype), None, {}, delta
     if setup.private is not None:   # the private sum (clipped and noised, or masked) as one virtual client
-        delta, privacy, extra = setup.private.aggregate(delta, weights, state.privacy, rnd)
-        weights, p = torch.ones(1, dtype=dtype), torch.ones(1, dtype=dtype)
+        delta, privacy, extra = setup.private.aggregate(delta, weights, state.privacy, rnd, sel, steps)
+        if setup.private.replaces_sum:
+            weights, p = torch.ones(1, dtype=dtype), torch.ones(1, dtype=dtype)
         if "secure_bytes" in extra:
             bytes_up = extra["secure_bytes"]   # every protocol message (keys, shares, masked uploads)
     if delta is None:   # secure aggregation with fewer than two clients: nothing can be aggregated

@@ -84,3 +84,28 @@ def batch_plan(sizes, offsets, clients, steps, batch_size, seed, rnd):
     idx = torch.where(valid, off + pos, off)
     w = valid.to(torch.float64) / n.clamp(max=B).view(K, 1, 1).to(torch.float64)
     return idx, w, mask
+
+
+def poisson_plan(sizes, offsets, clients, steps, batch_size, seed, rnd):
+    """Poisson minibatches for DP-SGD: at each step client i takes every example independently
+    with probability q_i = min(1, batch_size / n_i) (stream (seed, round, client, BATCH)). Same
+    shapes as :func:`batch_plan`, padded to the largest batch drawn; the weights are 1 / (q_i n_i)
+    (the expected batch size, as Opacus divides) and 0 for padding."""
+    K, T = len(clients), int(steps.max())
+    n = sizes[clients]
+    draws = []
+    for c, n_c, t_c in zip(clients.tolist(), n.tolist(), steps.tolist()):
+        q = min(1.0, batch_size / n_c)
+        keep = torch.rand(T, n_c, generator=stream(seed, rnd, c, BATCH), dtype=torch.float64) < q
+        keep[t_c:] = False
+        draws.append((keep, q * n_c))
+    B = max(1, max(int(k.sum(1).max()) for k, _ in draws))
+    idx = offsets[clients].view(K, 1, 1).repeat(1, T, B)
+    w = torch.zeros(K, T, B, dtype=torch.float64)
+    for k, (keep, expected) in enumerate(draws):
+        for t in range(T):
+            pos = keep[t].nonzero().flatten()
+            idx[k, t, :len(pos)] += pos
+            w[k, t, :len(pos)] = 1.0 / expected
+    mask = torch.arange(T).unsqueeze(0) < steps.unsqueeze(1)
+    return idx, w, mask

@@ -11,9 +11,9 @@ import time
 import torch
 
 from .._core import checks as chk
-from .._core.random import LORA, mix, stream
+from .._core.random import LORA, PRIVACY, mix, stream
 from . import mixed
-from .sampling import batch_plan
+from .sampling import batch_plan, poisson_plan
 
 PARTS = ("train", "support", "query")
 
@@ -51,7 +51,9 @@ class LocalRound:
         self.setup, self.x, self.rnd, self.sel, self.steps = setup, x, rnd, sel, steps
         self.lrs = self._rates(int(steps.max()))
         self.lr_sum = torch.tensor([sum(self.lrs[:s]) for s in steps.tolist()], dtype=setup.dtype)
-        self.plan = batch_plan(setup.sizes, setup.offsets, sel, steps, cfg.batch_size, cfg.seed, rnd)
+        self.dpsgd = type(cfg.privacy).__name__ == "DPSGD"
+        draw = poisson_plan if self.dpsgd else batch_plan
+        self.plan = draw(setup.sizes, setup.offsets, sel, steps, cfg.batch_size, cfg.seed, rnd)
         self._plans = {("train", 0, None): self.plan}
         self.seconds = 0.0
 
@@ -76,7 +78,8 @@ class LocalRound:
                 sizes, offsets, index = setup.parts[chk.option("part", part, PARTS)]
             seed = cfg.seed if draw == 0 else mix(cfg.seed, draw)
             s = self.steps if steps is None else torch.full_like(self.steps, steps)
-            idx, w, mask = batch_plan(sizes, offsets, self.sel, s, cfg.batch_size, seed, self.rnd)
+            draw_plan = poisson_plan if (self.dpsgd and part == "train") else batch_plan
+            idx, w, mask = draw_plan(sizes, offsets, self.sel, s, cfg.batch_size, seed, self.rnd)
             self._plans[key] = (idx if index is None else index[idx], w, mask)
         return self._plans[key]
 
@@ -96,9 +99,22 @@ class LocalRound:
                 begin = plan.client_start(x, rnd, lambda i: stream(cfg.seed, rnd, i, LORA))
                 start = {k: v.unsqueeze(0).expand(len(idx), *v.shape) for k, v in begin.items()}
             self._freeze()
-            out = plan.to_server(setup.trainer(x, idx, bw, mask, lrs, start, shift=shift, pull=pull, fixed=fixed), x)
+            setup.trainer.dp = self._dp(draw) if self.dpsgd else None
+            try:
+                out = setup.trainer(x, idx, bw, mask, lrs, start, shift=shift, pull=pull, fixed=fixed)
+            finally:
+                setup.trainer.dp = None
+            out = plan.to_server(out, x)
         self.seconds += time.perf_counter() - t1
         return out
+
+    def _dp(self, draw: int):
+        """DP-SGD's per-round inputs: clip, noise multiplier, 1 / (q_i n_i) per client, and each
+        client's noise stream (seed, round, client, PRIVACY, draw)."""
+        cfg, n = self.setup.cfg, self.setup.sizes[self.sel].to(torch.float64)
+        expected = torch.clamp(torch.full_like(n, float(cfg.batch_size)), max=n)   # q_i n_i
+        gens = [stream(cfg.seed, self.rnd, c, PRIVACY, draw) for c in self.sel.tolist()]
+        return cfg.privacy.clip, cfg.privacy.noise_multiplier, 1.0 / expected, gens
 
     def _freeze(self) -> None:
         setup = self.setup

@@ -8,7 +8,7 @@ pandas and scipy load on first call. Public names:
   sampled Gaussian mechanism (``accounting``);
 - ``DPFedAvg``: the record of DP-FedAvg (McMahan et al. 2018) with fixed or adaptive clipping
   (Andrew et al. 2021) and its pure per-round math: ``clip_updates``, ``aggregate``, ``next_clip``,
-  ``accounting_noise_multiplier`` (``dp``);
+  ``accounting_noise_multiplier`` (``dp``), and ``DPSGD``, sample-level DP-SGD inside clients;
 - ``secure_sum``: Bonawitz et al. 2017 pairwise masking over Z_{2^64} with Shamir recovery of
   dropped clients (``secure_agg``; ``shamir_split``, ``shamir_reconstruct``), and
   ``SecureAggregation``, the record that makes ``flu.run`` aggregate through it;
@@ -18,9 +18,9 @@ pandas and scipy load on first call. Public names:
 """
 from .accounting import epsilon, noise_multiplier
 from .attacks import Reconstruction, idlg_labels, invert_gradients, reconstruction_error
-from .dp import DPFedAvg
+from .dp import DPSGD, DPFedAvg
 from .homomorphic import encrypted_sum
 from .secure_agg import SecureAggregation, secure_sum, shamir_reconstruct, shamir_split
 
-__all__ = ["DPFedAvg", "Reconstruction", "SecureAggregation", "encrypted_sum", "epsilon", "idlg_labels", "invert_gradients",
+__all__ = ["DPFedAvg", "DPSGD", "Reconstruction", "SecureAggregation", "encrypted_sum", "epsilon", "idlg_labels", "invert_gradients",
            "noise_multiplier", "reconstruction_error", "secure_sum", "shamir_reconstruct", "shamir_split"]

@@ -198,3 +198,38 @@ class DPFedAvg:
             chk.fail("clients", "the number of clients per round when target_quantile is set", clients)
         z = self.accounting_noise_multiplier(clients) if self.adaptive else float(self.noise_multiplier)
         return epsilon(z, sample_rate, rounds, self.delta, accountant=accountant)
+
+
+@dataclass(frozen=True)
+class DPSGD:
+    """Sample-level DP-SGD inside every client (Abadi et al. 2016, "Deep Learning with Differential
+    Privacy", CCS; the recipe of Opacus): ``flu.run(..., privacy=flu.privacy.DPSGD(...))``.
+
+    Each local step of client i draws a Poisson minibatch (every example independently with rate
+    q_i = min(1, batch_size / n_i)), clips every example's gradient to L2 norm ``clip`` (over all
+    trained tensors together), adds N(0, (noise_multiplier * clip)^2 I) to their sum and divides by
+    the expected batch size q_i n_i:
+
+        g_i = (sum_{j in B} g_j min(1, C / ||g_j||) + N(0, (z C)^2 I)) / (q_i n_i).
+
+    What it protects is one *example* of a client (sample-level), not a client's participation
+    (client-level, :class:`DPFedAvg`). Client i's epsilon after s_i local steps is the sampled
+    Gaussian mechanism's at rate q_i, composed s_i times (Opacus' RDP accountant); ``History.rounds``
+    reports the largest over the clients.
+    """
+
+    clip: float = 1.0
+    noise_multiplier: float = 1.0
+    delta: float = 1e-5
+
+    def __post_init__(self):
+        chk.real("clip", self.clip, low=0, low_open=True)
+        chk.real("noise_multiplier", self.noise_multiplier, low=0)
+        chk.real("delta", self.delta, low=0, high=1, low_open=True, high_open=True)
+
+    def epsilon(self, sample_rate: float, steps: int) -> float:
+        """A client's epsilon after ``steps`` local steps at Poisson rate ``sample_rate`` (0 steps: 0)."""
+        from .accounting import epsilon
+        if steps == 0:
+            return 0.0
+        return epsilon(float(self.noise_multiplier), sample_rate, int(steps), self.delta)
