@@ -3,8 +3,8 @@
 ``heterogeneity`` (notebooks 00-01: partition explorer, FedAvg panel), ``fewshot`` (05); ``common``
 holds what every panel shares (the wiring, sliders, rendering).
 """
-from . import common, fewshot, heterogeneity, systems
+from . import common, fewshot, heterogeneity, personal, systems
 from .heterogeneity import draw_curves, draw_partition, fedavg_panel, metrics_html, partition_explorer
 
 __all__ = ["common", "draw_curves", "draw_partition", "fedavg_panel", "fewshot", "heterogeneity", "metrics_html",
-           "partition_explorer", "systems"]
+           "partition_explorer", "personal", "systems"]
