@@ -48,6 +48,7 @@ BROWSER_NOTEBOOKS = [
     "01_data_heterogeneity.ipynb",
     "02_client_drift.ipynb",
     "04_convergence_in_practice.ipynb",
+    "06_meta_learning_and_personalisation.ipynb",
     "07_system_heterogeneity.ipynb",
     "08_heterogeneity_aware_finetuning.ipynb",
 ]
