@@ -358,11 +358,7 @@ def personalize(hist_or_model, federation: Federation, steps=(0, 1, 5), lr: floa
                         keys = torch.rand(len(y), generator=stream(seed, i, done, BATCH))
                         idx = keys.argsort()[:batch_size]
                         xb, yb = X[idx], y[idx]
-                    obj = sample_losses(net(xb), yb, loss).mean()
-                    grads = torch.autograd.grad(obj, params)
-                    with torch.no_grad():
-                        for p, g in zip(params, grads):
-                            p.sub_(lr * g)
+                    _sgd_step(net, params, xb, yb, loss, lr)
                 done += 1
             with torch.no_grad():
                 out = net(Xe)
@@ -376,6 +372,14 @@ def personalize(hist_or_model, federation: Federation, steps=(0, 1, 5), lr: floa
     df["steps"] = df["steps"].astype("int64")
     df["value"] = df["value"].astype("float64")
     return df
+
+
+def _sgd_step(net: nn.Module, params: list, X, y, loss: str, lr: float) -> None:
+    """One SGD step ``w <- w - lr grad mean_j loss(net(x_j), y_j)`` on ``params``, in place."""
+    grads = torch.autograd.grad(sample_losses(net(X), y, loss).mean(), params)
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            p.sub_(lr * g)
 
 
 def _clients(name: str, clients) -> list:
@@ -567,11 +571,7 @@ def episodes(model: nn.Module, X, y, classes, *, n_way: int = 5, shots: int = 5,
         done = 0
         for target in steps:
             while done < target:
-                obj = sample_losses(net(Xs), ys, "cross_entropy").mean()
-                grads = torch.autograd.grad(obj, params)
-                with torch.no_grad():
-                    for p, g in zip(params, grads):
-                        p.sub_(lr * g)
+                _sgd_step(net, params, Xs, ys, "cross_entropy", lr)
                 done += 1
             with torch.no_grad():
                 out = net(Xq)

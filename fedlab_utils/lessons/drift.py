@@ -170,6 +170,13 @@ def round_map(q: Quadratics, method: str = "fedavg", local_steps=5, client_lr: f
             return x - eta_g * float(p @ tau) * (p / tau) @ deltas
         return x - eta_g * p @ deltas
 
+    return affine_round_map(step, size, method, d)
+
+
+def affine_round_map(step, size: int, method: str, d: int) -> RoundMap:
+    """The :class:`RoundMap` of an affine round ``step(x) = M x + c``, read off from ``step`` at 0
+    and at the unit vectors: its fixed point (I - M)^-1 c (NaN when I - M is singular) and its
+    spectral radius."""
     c0 = step(np.zeros(size))
     M = np.stack([step(e) - c0 for e in np.eye(size)], axis=1)
     radius = float(np.abs(np.linalg.eigvals(M)).max())

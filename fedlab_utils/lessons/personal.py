@@ -43,7 +43,7 @@ from ..engine.runner import run
 from ..models import nets, pretrained
 from . import fewshot as lf
 from . import hetero_finetune as hf
-from .drift import RoundMap
+from . import drift
 
 __all__ = ["COMPARISON_COLUMNS", "EPISODE_COLUMNS", "FAST_METHODS", "METHODS", "MINILM_CSV", "PANEL_METHODS",
            "Comparison", "Scenario", "Task", "adapted_grid", "adapted_values", "assign_roles", "at_chosen_steps",
@@ -193,7 +193,7 @@ def _label(method: str) -> str:
 
 
 def meta_round_map(q: Quadratics, method: str = "perfedavg_exact", *, local_steps: int = 5, client_lr: float = 0.1,
-                   inner_lr: float = 0.2, server_lr: float = 1.0) -> RoundMap:
+                   inner_lr: float = 0.2, server_lr: float = 1.0) -> "drift.RoundMap":
     """One full-participation, full-batch round of ``method`` ("fedavg", "perfedavg_exact",
     "perfedavg_hf", "perfedavg_fo") as the affine map x -> M x + c (:class:`flu.lessons.drift.RoundMap`):
     every client runs :func:`perfedavg_local` (or ``local_steps`` GD steps for FedAvg) from x and
@@ -213,15 +213,7 @@ def meta_round_map(q: Quadratics, method: str = "perfedavg_exact", *, local_step
                                   variant=method.split("_")[1]) for i in range(q.num_clients)]
         return x - eta * p @ (x - np.stack(ys))
 
-    d = q.dim
-    c0 = step(np.zeros(d))
-    M = np.stack([step(e) - c0 for e in np.eye(d)], axis=1)
-    radius = float(np.abs(np.linalg.eigvals(M)).max())
-    try:
-        fixed = np.linalg.solve(np.eye(d) - M, c0)
-    except np.linalg.LinAlgError:
-        fixed = np.full(d, np.nan)
-    return RoundMap(method, M, c0, d, fixed, radius)
+    return drift.affine_round_map(step, q.dim, method, q.dim)
 
 
 def maml_minimiser(q: Quadratics, inner_lr: float) -> np.ndarray:
