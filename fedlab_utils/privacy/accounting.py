@@ -17,6 +17,7 @@ Opacus is imported on first call, so ``import fedlab_utils.privacy`` stays light
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -42,6 +43,27 @@ def _accountant(name: str, noise_multiplier: float, sample_rate: float, rounds: 
     return acc
 
 
+@functools.lru_cache(maxsize=512)
+def _unit_rdp(noise_multiplier: float, sample_rate: float):
+    """Opacus' RDP of ONE step at its default orders (``compute_rdp(q, z, steps=1, orders)``).
+    RDP composes additively and Opacus computes ``rdp(one step) * steps``, so T steps are this
+    vector times T: the same floats as ``RDPAccountant``, without recomputing the orders' series
+    (0.4 s a call here) for every round."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    orders = list(RDPAccountant.DEFAULT_ALPHAS)
+    return orders, compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=orders)
+
+
+def _rdp_epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
+    orders, unit = _unit_rdp(float(noise_multiplier), float(sample_rate))
+    eps, _ = get_privacy_spent(orders=orders, rdp=unit * int(rounds), delta=delta)
+    return float(eps)
+
+
 def epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: float, *,
             accountant: str = "rdp") -> float:
     """The epsilon of ``rounds`` rounds of the sampled Gaussian mechanism at ``delta``.
@@ -56,6 +78,8 @@ def epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: flo
         return math.inf
     with warnings.catch_warnings():  # "optimal order is the largest alpha": the bound is still valid
         warnings.filterwarnings("ignore", message="Optimal order is the")
+        if accountant == "rdp":
+            return _rdp_epsilon(noise_multiplier, sample_rate, rounds, delta)
         return float(_accountant(accountant, noise_multiplier, sample_rate, rounds).get_epsilon(delta=delta))
 
 
