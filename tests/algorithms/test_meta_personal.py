@@ -72,14 +72,14 @@ def test_perfedavg_one_step_converges_to_the_meta_objective_minimiser(variant):
 
 def test_perfedavg_local_steps_reach_fedavgs_fixed_point_on_the_meta_curvatures():
     steps = [1, 3, 5, 8]
-    traj, _ = simulate("perfedavg", 300, 0.1, steps, inner_lr=A, variant="exact")
+    traj, _ = simulate("perfedavg", 120, 0.1, steps, inner_lr=A, variant="exact")
     assert np.linalg.norm(traj[-1] - fedavg_fixed_point(B_META, 0.1, steps)) < 1e-8
     assert np.linalg.norm(traj[-1] - meta_minimiser()) > 1e-3   # heterogeneous steps move it
 
 
 def test_perfedavg_first_order_converges_to_a_different_closed_form_point():
     steps = [1, 3, 5, 8]
-    traj, _ = simulate("perfedavg", 300, 0.1, steps, inner_lr=A, variant="fo")
+    traj, _ = simulate("perfedavg", 120, 0.1, steps, inner_lr=A, variant="fo")
     fo = fedavg_fixed_point(C_FO, 0.1, steps)
     assert np.linalg.norm(traj[-1] - fo) < 1e-8
     assert np.linalg.norm(fo - fedavg_fixed_point(B_META, 0.1, steps)) > 1e-3
