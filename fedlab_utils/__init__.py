@@ -19,7 +19,7 @@ _LAZY = {
     "systems": "systems", "privacy": "privacy", "engine": "engine",
     "analysis": "analysis", "evaluation": "analysis.evaluation", "convergence": "analysis.convergence",
     "lessons": "lessons", "views": "views", "plots": "views.plots", "widgets": "views.widgets",
-    "flower": "flower",
+    "flower": "flower", "experiments": "experiments",
     "run": ("engine", "run"), "History": ("engine", "History"), "fast_mode": ("_core.runtime", "fast_mode"),
 }
 

@@ -10,3 +10,4 @@ from .base import (METHOD_COLORS, canonical_label, method_color, method_palette,
 __all__ = ["METHOD_COLORS", "canonical_label", "convergence", "fewshot", "method_color", "method_palette",
            "plot_client_sizes", "plot_label_bars", "plot_label_heatmap", "plot_learning_curves", "plot_metric_vs",
            "plot_partitions", "practice", "systems"]
+from .experiments import plot_sweep  # noqa: F401  (notebook 12)
