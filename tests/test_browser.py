@@ -51,6 +51,7 @@ BROWSER_NOTEBOOKS = [
     "06_meta_learning_and_personalisation.ipynb",
     "07_system_heterogeneity.ipynb",
     "08_heterogeneity_aware_finetuning.ipynb",
+    "12_research_playground.ipynb",
 ]
 
 SERVER_START_TIMEOUT_S = 90
