@@ -246,7 +246,7 @@ def await_supernodes(grid, spec) -> list:
         if time.monotonic() >= deadline:
             break
         time.sleep(0.1)
-    present = identify(grid, nodes, spec.connect_timeout)
+    present = identify(grid, nodes, spec.round_timeout)   # a SuperNode answers within a round's time
     missing = [n for n in spec.names() if n not in present]
     text = (f"SuperNodes {missing} did not connect within connect_timeout={spec.connect_timeout:g} s "
             f"({len(nodes)} of {spec.supernodes} connected: {sorted(present)})")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 from .spec import ENGINES, FLWR_PIN, build, forget, write
@@ -87,16 +88,17 @@ def run(model, federation, algorithm="fedavg", num_rounds=50, local_steps=5, cli
     if engine == "inprocess":
         from . import inprocess
         return inprocess.run(spec)
-    with tempfile.TemporaryDirectory(prefix="flu-flower-") as work:
+    work = tempfile.mkdtemp(prefix="flu-flower-")
+    try:
         write(spec, os.path.join(work, "spec.pkl"))
-        try:
-            if engine == "simulation":
-                from . import simulation
-                return simulation.run(spec)
-            from . import deployment
-            return deployment.run(spec, work, port)
-        finally:
-            forget(spec)
+        if engine == "simulation":
+            from . import simulation
+            return simulation.run(spec)
+        from . import deployment
+        return deployment.run(spec, work, port)
+    finally:
+        forget(spec)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 __all__ = ["ENGINES", "require_flower", "run"]

@@ -197,6 +197,17 @@ class Processes:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not fail
                 pass
+        try:   # the grandchildren too, before the work folder is removed under them
+            import psutil
+            alive = []
+            for pid in pids:
+                try:
+                    alive.append(psutil.Process(pid))
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(alive, timeout=5)
+        except ImportError:  # pragma: no cover - psutil comes with ipykernel
+            time.sleep(1.0)
 
 
 def _signal(pid: int, sig) -> None:
