@@ -238,6 +238,7 @@ def simulated(fed, model):
     return hist, time.perf_counter() - t0
 
 
+@pytest.mark.slow   # Ray or real processes: run serially, beside the notebooks
 @needs_flower
 def test_simulation_engine_equals_flu_run(simulated, fed, model):
     hist, _ = simulated
@@ -246,6 +247,7 @@ def test_simulation_engine_equals_flu_run(simulated, fed, model):
     assert (hist.rounds["supernodes_replied"] == 3).all()
 
 
+@pytest.mark.slow   # Ray or real processes: run serially, beside the notebooks
 @needs_flower
 def test_simulation_engine_stops_ray(simulated):
     import ray
@@ -254,6 +256,7 @@ def test_simulation_engine_stops_ray(simulated):
 
 # ------------------------------------------------------------------ the deployment engine, one SuperNode killed
 
+@pytest.mark.slow   # Ray or real processes: run serially, beside the notebooks
 @needs_flower
 def test_deployment_supernode_killed_mid_run_and_everything_stopped():
     fed, model, kw = logistic_setting()
