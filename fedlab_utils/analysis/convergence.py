@@ -299,7 +299,10 @@ def _fgh(pb, W, X, T, a, order=2):
         H = None
         if order > 1:
             S = a[:, None, None] * (P[:, :, None] * np.eye(W.shape[0]) - P[:, :, None] * P[:, None, :])
-            H = np.einsum("jkl,jd,je->kdle", S, X, X, optimize=True).reshape(W.size, W.size) + l2 * np.eye(W.size)
+            # sum_j S_j (x) x_j x_j^T as one matrix product (a 3-operand einsum over j has no BLAS path)
+            K, d = W.shape
+            H = ((S[:, :, :, None] * X[:, None, None, :]).reshape(len(X), K * K * d).T @ X).reshape(K, K, d, d)
+            H = H.transpose(0, 2, 1, 3).reshape(W.size, W.size) + l2 * np.eye(W.size)
     return float(f), g, H
 
 

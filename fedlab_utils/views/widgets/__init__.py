@@ -9,3 +9,4 @@ from .heterogeneity import draw_curves, draw_partition, fedavg_panel, metrics_ht
 __all__ = ["common", "draw_curves", "draw_partition", "fedavg_panel", "fewshot", "heterogeneity", "metrics_html",
            "partition_explorer", "personal", "systems"]
 from . import experiments  # noqa: F401  (notebook 12)
+from . import finetune_convergence  # noqa: F401  (notebook 09)
