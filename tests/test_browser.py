@@ -51,6 +51,7 @@ BROWSER_NOTEBOOKS = [
     "06_meta_learning_and_personalisation.ipynb",
     "07_system_heterogeneity.ipynb",
     "08_heterogeneity_aware_finetuning.ipynb",
+    "09_convergence_of_finetuning.ipynb",
     "10_privacy.ipynb",
     "11_scaling_out_with_flower.ipynb",
     "12_research_playground.ipynb",

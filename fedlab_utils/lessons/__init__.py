@@ -1,12 +1,12 @@
 """The compute behind one notebook each: returns DataFrames, draws nothing.
 
 ``explore`` (01), ``drift`` (02, 03), ``practice`` (04), ``study``, ``fewshot`` and ``lora_demo`` (05),
-``personal`` (06), ``systems`` (07), ``hetero_finetune`` (08), ``privacy`` (10).
+``personal`` (06), ``systems`` (07), ``hetero_finetune`` (08), ``finetune_convergence`` (09), ``privacy`` (10).
 Loaded on first use.
 """
 import importlib as _importlib
 
-__all__ = ["drift", "explore", "fewshot", "hetero_finetune", "lora_demo", "personal", "practice", "privacy", "study",
+__all__ = ["drift", "explore", "fewshot", "finetune_convergence", "hetero_finetune", "lora_demo", "personal", "practice", "privacy", "study",
            "systems"]
 
 
