@@ -463,3 +463,10 @@ def test_theory_table_checks_its_rows():
     assert list(fc.theory_table([row]).columns) == fc.THEORY_COLUMNS
     with pytest.raises(ValueError, match=r"^rows\[1\]"):
         fc.theory_table([row, {"method": "y"}])
+
+
+def test_load_minilm_reads_the_scripts_csv_or_gives_none(tmp_path):
+    assert fc.load_minilm(tmp_path / "missing.csv") is None
+    table = pd.DataFrame({"mode": ["full", "linear_probe"], "seed": [0, 0], "round": [0, 0], "f1_macro": [0.6, 0.6]})
+    table.to_csv(tmp_path / "m.csv", index=False)
+    pd.testing.assert_frame_equal(fc.load_minilm(tmp_path / "m.csv"), table)
