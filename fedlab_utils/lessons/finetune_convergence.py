@@ -1076,7 +1076,8 @@ def nonconvex_scenario(*, mode: str = "full", shots: int = 5, alpha: float = 0.5
     first ``beta_examples`` support examples, the trainable parameters' Hessian for a cached
     mode), G^2 = max_r zeta_r^2 with B^2 = 1 (the exact identity sum_i p_i ||grad F_i||^2 =
     ||grad F||^2 + zeta^2), and :func:`nonconvex_rate` from F(x_0). Returns ``{"key", "stationarity",
-    "rate", "beta", "G2", "gap0", "client_lr", "history", "start"}`` (``known`` as :func:`probe_scenario`)."""
+    "rate", "beta", "G2", "gap0", "client_lr", "history", "start"}`` (``known`` as :func:`probe_scenario`).
+    ``mode="lora"`` is refused by ``flu.run`` (no diagnostics: its server and client coordinates differ)."""
     chk.option("mode", mode, ft.MODES)
     lr = study.client_lrs(client_lr)[mode]
     key = scenario_key("nonconvex", mode=mode, shots=shots, alpha=alpha, num_rounds=num_rounds,

@@ -305,6 +305,11 @@ def test_scenarios_return_known_results_without_computing():
                           num_clients=10, query=10, seed=0)
     assert fc.lora_scenario(known={key: sentinel}) is sentinel
     assert fc.scenario_key("a", x=0.1 + 0.2) == fc.scenario_key("a", x=0.3)
+    key = fc.scenario_key("nonconvex", mode="full", shots=5, alpha=0.5, num_rounds=6, local_steps=5, client_lr=0.02,
+                          num_clients=10, query=10, seed=0, beta_examples=48, beta_iters=4)
+    assert fc.nonconvex_scenario(known={key: sentinel}) is sentinel     # client_lr None: study.CLIENT_LR["full"]
+    with pytest.raises(ValueError, match="^diagnostics"):
+        fc.nonconvex_scenario(mode="lora", shots=1, num_clients=3, query=2)
 
 
 def test_image_report_before_is_the_pretrained_head():

@@ -163,8 +163,9 @@ def test_nonconvex_panel_recomputes_and_draws(monkeypatch):
         return res
     monkeypatch.setattr(wf.fc, "nonconvex_scenario", stub)
     box = wf.nonconvex_panel()
-    box.method.value = "lora"
-    assert box.error is None and box.calls == 2 and seen[-1]["mode"] == "lora"
+    assert "lora" not in box.method.options                              # flu.run has no diagnostics for it
+    box.method.value = "ffa_lora"
+    assert box.error is None and box.calls == 2 and seen[-1]["mode"] == "ffa_lora"
     fig = wf.draw_nonconvex(res)
     assert len(fig.axes) == 3
 

@@ -10,7 +10,8 @@ notebook's default run without recomputing it.
 
 - :func:`probe_panel` (Section 1): shots K, alpha, l2, local steps -> Li et al.'s bound over the
   probe's suboptimality, and Gamma / zeta^2 in three feature spaces;
-- :func:`nonconvex_panel` (Section 2): method, alpha, K -> running mean of ||grad F||^2 with the
+- :func:`nonconvex_panel` (Section 2): method (full, linear probe, last layers, FFA-LoRA: the
+  modes ``flu.run`` records diagnostics for), alpha, K -> running mean of ||grad F||^2 with the
   non-convex rate, B-dissimilarity and client drift;
 - :func:`lora_panel` (Section 3): client lr, alpha, LoRA or FFA-LoRA -> the effective step on W
   and the run's accuracy;
@@ -34,7 +35,7 @@ from ..plots import finetune_convergence as pf
 from ..._core.labels import method_color
 from .common import LAYOUT, STYLE, int_slider, log_slider, panel, show, show_html
 
-METHODS = ("full", "linear_probe", "last_layers", "lora", "ffa_lora")
+METHODS = ("full", "linear_probe", "last_layers", "ffa_lora")   # flu.run records no diagnostics for "lora"
 
 
 # ----------------------------------------------------------------------------- Section 1
@@ -115,8 +116,9 @@ def _nonconvex_view(fixed, method, alpha, shots):
 def nonconvex_panel(*, method: str = "full", alpha: float = 0.5, shots: int = 5, num_rounds: int = 6,
                     local_steps: int = 5, client_lr=None, num_clients: int = 10, query: int | None = 10, seed: int = 0,
                     known: dict | None = None, controls=None) -> W.VBox:
-    """A fine-tuning ``method`` with diagnostics against the non-convex rate: ``method``, ``alpha``,
-    ``shots`` -> ``flu.lessons.finetune_convergence.nonconvex_scenario`` (full-batch local steps)."""
+    """A fine-tuning ``method`` with diagnostics against the non-convex rate: ``method`` (one of
+    :data:`METHODS`), ``alpha``, ``shots`` -> ``flu.lessons.finetune_convergence.nonconvex_scenario``
+    (full-batch local steps)."""
     widgets = dict(method=W.Dropdown(options=list(METHODS), value=method, description="method", style=STYLE,
                                      layout=LAYOUT),
                    alpha=log_slider("alpha (label skew)", alpha, 0.05, 10.0),
