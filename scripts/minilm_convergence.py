@@ -42,12 +42,7 @@ MAX_LENGTH, BATCH, STEPS = T["max_length"], T["batch_size"], T["local_steps"]
 def task_federation(seed, tokenize, snippets):
     task = hf.text_task(num_clients=T["num_clients"], shots=T["shots"], seed=seed)
 
-    def tokenised(pairs):
-        return tuple((tokenize([snippets.X[int(j)] for j in X.ravel()]) if len(y)
-                      else torch.zeros(0, 2, MAX_LENGTH, dtype=torch.long), y) for X, y in pairs)
-
-    fed = flu.data.Federation(tokenised(task.rows.train), tokenised(task.rows.test),
-                              f"{len(task.movies)} movies, tokens", None, {}, task.rows.splits)
+    fed = hf.tokenised_federation(task, tokenize, snippets, max_length=MAX_LENGTH)
     return task, fed
 
 

@@ -59,12 +59,7 @@ def main(argv=None) -> pd.DataFrame:
         model.head.weight.copy_(task.head["head.weight"])
         model.head.bias.copy_(task.head["head.bias"])
 
-    def tokenised(pairs):
-        return tuple((tokenize([snippets.X[int(j)] for j in X.ravel()]) if len(y)
-                      else torch.zeros(0, 2, MAX_LENGTH, dtype=torch.long), y) for X, y in pairs)
-
-    fed = flu.data.Federation(tokenised(task.rows.train), tokenised(task.rows.test),
-                              f"{len(task.movies)} movies, tokens", None, {}, task.rows.splits)
+    fed = hf.tokenised_federation(task, tokenize, snippets, max_length=MAX_LENGTH)
     prof = flu.systems.profiles("phones", fed.num_clients, seed=SEED)
     costs = hf.mode_table(model, MODES, input_shape=(2, MAX_LENGTH), batch_size=BATCH, lora_rank=RANK)
     cost = costs.set_index("mode")["cost_vs_full"]

@@ -45,15 +45,6 @@ METHODS = {"FedAvg + fine-tuning": ("fedavg", {}), "FedRep": ("fedrep", {"head_s
            "Ditto": ("ditto", {"lam": 0.1})}
 
 
-def tokenised_federation(task, tokenize, snippets):
-    def tokenised(pairs):
-        return tuple((tokenize([snippets.X[int(j)] for j in X.ravel()]) if len(y)
-                      else torch.zeros(0, 2, MAX_LENGTH, dtype=torch.long), y) for X, y in pairs)
-
-    return flu.data.Federation(tokenised(task.rows.train), tokenised(task.rows.test),
-                               f"{len(task.movies)} movies, tokens", None, {}, task.rows.splits)
-
-
 def report(table, clients, steps):
     return flu.evaluation.personalization_report(table[table.metric == "accuracy"], clients, steps)
 
@@ -72,7 +63,7 @@ def main(argv=None) -> pd.DataFrame:
     with torch.no_grad():
         model.head.weight.copy_(task.head["head.weight"])
         model.head.bias.copy_(task.head["head.bias"])
-    fed = tokenised_federation(task, tokenize, snippets)
+    fed = hf.tokenised_federation(task, tokenize, snippets, max_length=MAX_LENGTH)
     seen, unseen, unseen_ids = flu.fewshot.split_clients(fed, NUM_UNSEEN, seed=SEED)
     order = np.random.default_rng(SEED).permutation(seen.num_clients)
     validation, test = sorted(order[:3].tolist()), sorted(order[3:].tolist())

@@ -398,6 +398,18 @@ def text_task(*, num_clients: int = 6, shots: int = 4, seed: int = 0) -> TextTas
     return TextTask(fed, rows, movies, head)
 
 
+def tokenised_federation(task: TextTask, tokenize, snippets, *, max_length: int) -> fdata.Federation:
+    """``task``'s clients with their snippets as token tensors ``(n, 2, max_length)``: the same
+    support / query draw (``task.rows`` holds row numbers of ``snippets``), read by ``tokenize``
+    (from ``flu.lessons.study.text_classifier``). Used by the scripts that fine-tune MiniLM in the loop."""
+    def tokenised(pairs):
+        return tuple((tokenize([snippets.X[int(j)] for j in X.ravel()]) if len(y)
+                      else torch.zeros(0, 2, max_length, dtype=torch.long), y) for X, y in pairs)
+
+    return fdata.Federation(tokenised(task.rows.train), tokenised(task.rows.test),
+                            f"{len(task.movies)} movies, tokens", None, {}, task.rows.splits)
+
+
 def head_model(head: dict) -> nn.Module:
     """A linear model (``flu.models.logistic``) on the 384-d embeddings with ``head``'s weights."""
     out, d = head["head.weight"].shape

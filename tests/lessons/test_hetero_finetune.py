@@ -284,3 +284,20 @@ def test_plots_return_axes():
     with pytest.raises(ValueError, match="columns"):
         ph.plot_curves(curve.drop(columns="accuracy"))
     plt.close("all")
+
+
+def test_tokenised_federation_keeps_the_task_draw_and_reads_each_snippet():
+    task = hf.text_task(num_clients=3, shots=2, seed=0)
+    snippets = flu.pretrained.load_text_snippets(fast=True)
+    seen = []
+
+    def tokenize(texts):       # a stand-in tokenizer: remembers what it read
+        seen.extend(texts)
+        return torch.ones(len(texts), 2, 7, dtype=torch.long)
+
+    fed = hf.tokenised_federation(task, tokenize, snippets, max_length=7)
+    assert fed.sizes.tolist() == task.fed.sizes.tolist() and fed.splits == task.fed.splits
+    for (X, y), (rows, y_rows) in zip(fed.train + fed.test, task.rows.train + task.rows.test):
+        assert X.shape == (len(y), 2, 7) and torch.equal(y, y_rows)
+    expected = [snippets.X[int(j)] for X, y in task.rows.train + task.rows.test if len(y) for j in X.ravel()]
+    assert seen == expected
