@@ -13,7 +13,7 @@ import torch
 from torch.func import functional_call
 
 from .._core.losses import sample_losses
-from ..models.batched import stacked_forward
+from ..models.batched import chain_sgd_step, linear_chain, stacked_forward
 
 BACKENDS = ("vectorized", "loop")
 GATHER_BYTES = 64 << 20  # gather a whole round's minibatches at once below this size
@@ -25,6 +25,10 @@ class Trainer:
     def __init__(self, model, frozen, X, Y, loss, l2_names, l2, backend):
         self.model, self.frozen, self.X, self.Y = model, frozen, X, Y
         self.loss, self.l2_names, self.l2, self.backend = loss, l2_names, l2, backend
+        # a chain of Linear layers and activations: local SGD with the backward written out
+        # (flu.models.batched.chain_sgd_step) instead of autograd; soft labels take autograd
+        soft = loss == "cross_entropy" and Y.is_floating_point() and Y.dim() > 1
+        self.chain = linear_chain(model) if backend == "vectorized" and not soft else None
 
     chunk = None  # clients trained at once by the vectorised backend (None: all selected)
     dp = None     # sample-level DP-SGD of this round: (clip, noise_multiplier, scale (K,), generators)
@@ -121,6 +125,8 @@ class Trainer:
         # every step's minibatch in one gather (K, T, B, ...) when it is small, else step by step
         at_once = idx.numel() * self.X[0].numel() * self.X.element_size() <= GATHER_BYTES
         Xb, Yb = (self.X[idx], self.Y[idx]) if at_once else (None, None)
+        if self.chain is not None:
+            return self._chain(x, idx, w, mask, lrs, shift, pull, P, names, Xb, Yb)
         for t in range(idx.shape[1]):
             m = mask[:, t]
             leaves = {k: P[k].requires_grad_() for k in names}
@@ -136,6 +142,32 @@ class Trainer:
                         g.mul_(m.view(-1, *[1] * (g.dim() - 1)).to(g.dtype))
                     P[k].sub_(g, alpha=lrs[t])
         return {k: v.detach() for k, v in P.items()}
+
+    def _chain(self, x, idx, w, mask, lrs, shift, pull, P, names, Xb, Yb):
+        """:meth:`_vectorized` for a :func:`~fedlab_utils.models.batched.linear_chain` model: each
+        step updates ``P`` in place (``chain_sgd_step``); the penalty and correction terms
+        ``l2 W + shift + pull (P - x)`` are taken at the step's starting point, like the gradient."""
+        params, stacked, trained = {**self.frozen, **P}, frozenset(P), frozenset(names)
+        extra = bool(self.l2 and self.l2_names) or shift is not None or pull
+        with torch.no_grad():
+            self._chain_steps(x, idx, w, mask, lrs, shift, pull, P, names, Xb, Yb, params, stacked, trained, extra)
+        return P
+
+    def _chain_steps(self, x, idx, w, mask, lrs, shift, pull, P, names, Xb, Yb, params, stacked, trained, extra):
+        for t in range(idx.shape[1]):
+            m = mask[:, t]
+            full = bool(m.all())
+            wt = w[:, t] if full else w[:, t] * m.unsqueeze(1).to(w.dtype)
+            terms = {}
+            if extra:
+                for k in names:
+                    g = self._grad_terms(torch.zeros((), dtype=P[k].dtype), k, P[k], x, shift, pull)
+                    if g.dim():
+                        terms[k] = g if full else g * m.view(-1, *[1] * (g.dim() - 1)).to(g.dtype)
+            xt, yt = (Xb[:, t], Yb[:, t]) if Xb is not None else (self.X[idx[:, t]], self.Y[idx[:, t]])
+            chain_sgd_step(self.chain, params, stacked, trained, xt, yt, wt, self.loss, lrs[t])
+            for k, g in terms.items():
+                P[k].sub_(g, alpha=lrs[t])
 
     def objectives(self, x, idx, w):
         """Per-client penalised objectives F_i(x) and full-batch gradients (for diagnostics)."""

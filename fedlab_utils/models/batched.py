@@ -88,3 +88,117 @@ def _vmap_fallback(module, params, x, stacked, prefix):
         return functional_call(module, dict(zip(names, tensors)), (xi,))
 
     return vmap(call, in_dims=(dims, 0))(tuple(own[n] for n in names), x)
+
+
+# ------------------------------------------------------------------ hand-written chain step
+
+_ELEMENTWISE = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Identity: "identity"}
+
+
+def linear_chain(module: nn.Module, prefix: str = "") -> list | None:
+    """``module`` as a flat list of layers when it is a chain of ``Linear`` layers, element-wise
+    ``ReLU``/``Tanh``/``Identity`` and ``Flatten()`` (what ``flu.models.mlp`` and
+    ``flu.models.logistic`` build, with the same body/head rule as :func:`stacked_forward`):
+    ``("linear", prefix)``, ``("relu", None)``, ... ; None for any other model. Such a chain's
+    local SGD step is written out by hand in :func:`chain_sgd_step`."""
+    if isinstance(module, nn.Linear):
+        return [("linear", prefix)]
+    kind = _ELEMENTWISE.get(type(module))
+    if kind is not None:
+        return [(kind, None)]
+    if type(module) is nn.Flatten and module.start_dim == 1 and module.end_dim == -1:
+        return [("flatten", None)]
+    children = dict(module.named_children())
+    if isinstance(module, nn.Sequential):
+        names = list(children)
+    elif set(children) == {"body", "head"} and not any(True for _ in module.parameters(recurse=False)):
+        names = ["body", "head"]
+    else:
+        return None
+    if any(True for _ in module.parameters(recurse=False)):
+        return None
+    layers = []
+    for name in names:
+        sub = linear_chain(children[name], f"{prefix}{name}.")
+        if sub is None:
+            return None
+        layers += sub
+    return layers
+
+
+def chain_sgd_step(layers: list, params: dict, stacked: frozenset, trained: frozenset, x: torch.Tensor,
+                   y: torch.Tensor, w: torch.Tensor, loss: str, lr: float) -> None:
+    """One SGD step ``P_k <- P_k - lr grad_k sum_b w_kb loss(f(P_k; x_kb), y_kb)`` of every client k
+    at once, in place on the stacked tensors of ``params`` named in ``trained``.
+
+    The same arithmetic as autograd on :func:`stacked_forward` (the clients do not interact), with
+    the backward pass written out for a :func:`linear_chain`: for a Linear layer z = a W^T + b with
+    output gradient G (K, B, out), grad W_k = G_k^T a_k, grad b_k = sum_b G_kb and the input
+    gradient G W (taken before W moves); each weight is updated where its gradient is formed
+    (``baddbmm_``), so no (K, ...) gradient buffer exists. The loss gradient at the logits o:
+    softmax(o) - onehot(y) for cross-entropy (sigmoid(o) - y for one logit), 2 (o - t) / C for
+    MSE, each times w."""
+    K, B = x.shape[:2]
+    h = x
+    saved = []                      # per layer: its input (Linear), output (activations), shape (Flatten)
+    for kind, prefix in layers:
+        if kind == "linear":
+            saved.append(h)
+            W, b = params[prefix + "weight"], params.get(prefix + "bias")
+            if prefix + "weight" in stacked:
+                bias = None if b is None else (b.unsqueeze(1) if prefix + "bias" in stacked else b.expand(K, 1, -1))
+                h = torch.bmm(h, W.transpose(1, 2)) if bias is None else torch.baddbmm(bias, h, W.transpose(1, 2))
+            else:
+                h = h @ W.T
+                if b is not None:
+                    h = h + (b.unsqueeze(1) if prefix + "bias" in stacked else b)
+        elif kind == "flatten":
+            saved.append(h.shape)
+            h = h.reshape(K, B, -1)
+        else:
+            h = h.relu() if kind == "relu" else h.tanh() if kind == "tanh" else h
+            saved.append(h)
+    G = _loss_grad(h, y, w, loss)
+    # below layer i, does any parameter train? (input gradients are needed only down to there)
+    need = [False] * (len(layers) + 1)
+    for i, (kind, prefix) in enumerate(layers):
+        need[i + 1] = need[i] or (kind == "linear" and any(prefix + s in trained for s in ("weight", "bias")))
+    for i in range(len(layers) - 1, -1, -1):
+        if not need[i + 1]:
+            break
+        kind, prefix = layers[i]
+        if kind == "linear":
+            a = saved[i]
+            W, b = params[prefix + "weight"], params.get(prefix + "bias")
+            grad_in = None
+            if need[i]:
+                grad_in = torch.bmm(G, W) if prefix + "weight" in stacked else G @ W
+            if prefix + "weight" in trained:
+                W.baddbmm_(G.transpose(1, 2), a, alpha=-lr)
+            if b is not None and prefix + "bias" in trained:
+                b.sub_(G.sum(1), alpha=lr)
+            G = grad_in
+        elif kind == "flatten":
+            G = G.reshape(saved[i])
+        elif kind == "relu":
+            G = torch.ops.aten.threshold_backward(G, saved[i], 0)
+        elif kind == "tanh":
+            G = torch.ops.aten.tanh_backward(G, saved[i])
+
+
+def _loss_grad(out: torch.Tensor, y: torch.Tensor, w: torch.Tensor, loss: str) -> torch.Tensor:
+    """``d/d out sum_kb w_kb loss(out_kb, y_kb)`` (``flu._core.losses.sample_losses``)."""
+    wc = w.unsqueeze(-1)
+    if loss == "cross_entropy":
+        if out.shape[-1] == 1:
+            return (torch.sigmoid(out) - y.to(out.dtype).unsqueeze(-1)) * wc
+        G = torch.softmax(out, -1).mul_(wc)
+        return G.scatter_add_(-1, y.unsqueeze(-1), -wc)
+    C = out.shape[-1]
+    if not y.is_floating_point() and C > 1:
+        target = torch.nn.functional.one_hot(y, C).to(out.dtype)
+    else:
+        target = y.to(out.dtype)
+    if target.dim() == out.dim() - 1:
+        target = target.unsqueeze(-1)
+    return (out - target).mul_(wc * (2.0 / C))
