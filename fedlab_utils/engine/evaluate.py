@@ -9,6 +9,7 @@ from torch.func import functional_call
 
 from .._core.losses import f1_macro, predictions_correct, sample_losses
 from ..data.datasets import Federation
+from ..models.batched import chain_forward, linear_chain
 
 
 class Evaluator:
@@ -18,6 +19,7 @@ class Evaluator:
 
     def __init__(self, model, fed: Federation, dtype, loss, classification):
         self.model, self.loss, self.classification = model, loss, classification
+        self.chain = linear_chain(model)   # a Linear/activation chain runs without functional_call
         self.held_out = fed.splits[1]
         self.splits = {}
         for split, pairs in zip(fed.splits, (fed.train, fed.test)):
@@ -29,14 +31,17 @@ class Evaluator:
             cid = torch.repeat_interleave(torch.arange(len(pairs)), torch.tensor(sizes))
             self.splits[split] = (X, Y, cid, torch.tensor(sizes, dtype=torch.float64))
 
+    def _forward(self, params, X):
+        return functional_call(self.model, params, (X,)) if self.chain is None else chain_forward(self.chain, params, X)
+
     def _outputs(self, params, X, sizes, personal):
         if personal is None:
-            return torch.cat([functional_call(self.model, params, (X[i:i + 8192],)) for i in range(0, len(X), 8192)])
+            return torch.cat([self._forward(params, X[i:i + 8192]) for i in range(0, len(X), 8192)])
         outs, start = [], 0
         for c, n in enumerate(sizes.long().tolist()):
             if n:
                 own = {**params, **{k: v[c] for k, v in personal.items()}}
-                outs.append(functional_call(self.model, own, (X[start:start + n],)))
+                outs.append(self._forward(own, X[start:start + n]))
             start += n
         return torch.cat(outs)
 
@@ -55,10 +60,9 @@ class Evaluator:
                         "try a smaller client_lr")
                 sums = torch.zeros(len(sizes), dtype=torch.float64).index_add_(0, cid, values)
                 keep = sizes > 0
-                clients = torch.arange(len(sizes))[keep]
+                clients = torch.arange(len(sizes))[keep].tolist()
                 _append(rows, rnd, -1, split, tag, metric, float(values.mean()))
-                for c, v in zip(clients.tolist(), (sums[keep] / sizes[keep]).tolist()):
-                    _append(rows, rnd, c, split, tag, metric, v)
+                _extend(rows, rnd, clients, split, tag, metric, (sums[keep] / sizes[keep]).tolist())
             if self.classification and split == self.held_out:
                 _append(rows, rnd, -1, split, tag, "f1_macro", f1_macro(out, Y))
 
@@ -70,3 +74,14 @@ def _append(rows, rnd, client, split, model, metric, value):
     rows["model"].append(model)
     rows["metric"].append(metric)
     rows["value"].append(value)
+
+
+def _extend(rows, rnd, clients, split, model, metric, values):
+    """:func:`_append` for many clients at once."""
+    n = len(clients)
+    rows["round"].extend([rnd] * n)
+    rows["client"].extend(clients)
+    rows["split"].extend([split] * n)
+    rows["model"].extend([model] * n)
+    rows["metric"].extend([metric] * n)
+    rows["value"].extend(values)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .._core.random import BATCH, SAMPLE, stream
+from .._core.random import BATCH, SAMPLE, mix, stream
 
 SAMPLING = ("uniform", "li_scheme_1", "li_scheme_2", "poisson")
 
@@ -73,11 +73,14 @@ def batch_plan(sizes, offsets, clients, steps, batch_size, seed, rnd):
         valid = pos < n.view(K, 1, 1)
     else:
         keys = torch.full((K, T, n_max), 2.0)  # padding never beats a uniform key in [0, 1)
-        for k, (c, n_c, t_c) in enumerate(zip(clients.tolist(), n.tolist(), steps.tolist())):
-            if n_c > B:
-                keys[k, :t_c, :n_c] = torch.rand(t_c, n_c, generator=stream(seed, rnd, c, BATCH))
-            else:
-                keys[k, :, :n_c] = 0.0
+        big = n > B
+        g = torch.Generator()  # re-seeded per client: the draws of stream(seed, rnd, c, BATCH)
+        draws = [torch.rand(t_c, n_c, generator=g.manual_seed(mix(seed, rnd, c, BATCH))).reshape(-1)
+                 for c, n_c, t_c, b in zip(clients.tolist(), n.tolist(), steps.tolist(), big.tolist()) if b]
+        inside = torch.arange(n_max).view(1, 1, n_max) < n.view(K, 1, 1)
+        if draws:  # client k's (t_c, n_c) draw fills keys[k, :t_c, :n_c], in row-major order
+            keys.masked_scatter_(inside & mask.unsqueeze(2) & big.view(K, 1, 1), torch.cat(draws))
+        keys.masked_fill_(inside & ~big.view(K, 1, 1), 0.0)
         pos = keys.topk(B, dim=2, largest=False, sorted=False).indices
         valid = keys.gather(2, pos) < 1.5
     valid = valid & mask.unsqueeze(2)

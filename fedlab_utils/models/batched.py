@@ -92,30 +92,34 @@ def _vmap_fallback(module, params, x, stacked, prefix):
 
 # ------------------------------------------------------------------ hand-written chain step
 
-_ELEMENTWISE = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Identity: "identity"}
+_ELEMENTWISE = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.Identity: "identity"}
 
 
 def linear_chain(module: nn.Module, prefix: str = "") -> list | None:
     """``module`` as a flat list of layers when it is a chain of ``Linear`` layers, element-wise
-    ``ReLU``/``Tanh``/``Identity`` and ``Flatten()`` (what ``flu.models.mlp`` and
-    ``flu.models.logistic`` build, with the same body/head rule as :func:`stacked_forward`):
-    ``("linear", prefix)``, ``("relu", None)``, ... ; None for any other model. Such a chain's
-    local SGD step is written out by hand in :func:`chain_sgd_step`."""
-    if isinstance(module, nn.Linear):
+    ``ReLU``/``Tanh``/``Sigmoid``/``GELU``/``Identity`` and ``Flatten()`` in ``nn.Sequential``
+    containers and ``flu.models`` body/head models (what ``flu.models.mlp`` and
+    ``flu.models.logistic`` build): ``[("linear", prefix), ("relu", None), ...]``; None for any
+    other model (a subclass with its own ``forward`` included). Such a chain's forward is
+    :func:`chain_forward` and its local SGD step :func:`chain_sgd_step`."""
+    from .nets import FedModel
+    if type(module) is nn.Linear:
         return [("linear", prefix)]
     kind = _ELEMENTWISE.get(type(module))
     if kind is not None:
         return [(kind, None)]
+    if type(module) is nn.GELU:
+        return [("gelu", module.approximate)]
     if type(module) is nn.Flatten and module.start_dim == 1 and module.end_dim == -1:
         return [("flatten", None)]
+    if any(True for _ in module.parameters(recurse=False)):
+        return None
     children = dict(module.named_children())
-    if isinstance(module, nn.Sequential):
+    if type(module).forward is nn.Sequential.forward:
         names = list(children)
-    elif set(children) == {"body", "head"} and not any(True for _ in module.parameters(recurse=False)):
+    elif type(module).forward is FedModel.forward and set(children) == {"body", "head"}:
         names = ["body", "head"]
     else:
-        return None
-    if any(True for _ in module.parameters(recurse=False)):
         return None
     layers = []
     for name in names:
@@ -124,6 +128,25 @@ def linear_chain(module: nn.Module, prefix: str = "") -> list | None:
             return None
         layers += sub
     return layers
+
+
+def chain_forward(layers: list, params: dict, x: torch.Tensor) -> torch.Tensor:
+    """The model's own forward (the same kernels as its modules) for a :func:`linear_chain`, with
+    ``params`` (unstacked) in place of its parameters: ``functional_call`` without its overhead."""
+    for kind, prefix in layers:
+        if kind == "linear":
+            x = nn.functional.linear(x, params[prefix + "weight"], params.get(prefix + "bias"))
+        elif kind == "flatten":
+            x = x.flatten(1)
+        elif kind == "relu":
+            x = torch.relu(x)
+        elif kind == "tanh":
+            x = torch.tanh(x)
+        elif kind == "sigmoid":
+            x = torch.sigmoid(x)
+        elif kind == "gelu":
+            x = nn.functional.gelu(x, approximate=prefix)
+    return x
 
 
 def chain_sgd_step(layers: list, params: dict, stacked: frozenset, trained: frozenset, x: torch.Tensor,
@@ -155,8 +178,11 @@ def chain_sgd_step(layers: list, params: dict, stacked: frozenset, trained: froz
         elif kind == "flatten":
             saved.append(h.shape)
             h = h.reshape(K, B, -1)
+        elif kind == "gelu":
+            saved.append(h)   # GELU's backward takes its input
+            h = nn.functional.gelu(h, approximate=prefix)
         else:
-            h = h.relu() if kind == "relu" else h.tanh() if kind == "tanh" else h
+            h = h.relu() if kind == "relu" else h.tanh() if kind == "tanh" else h.sigmoid() if kind == "sigmoid" else h
             saved.append(h)
     G = _loss_grad(h, y, w, loss)
     # below layer i, does any parameter train? (input gradients are needed only down to there)
@@ -184,6 +210,10 @@ def chain_sgd_step(layers: list, params: dict, stacked: frozenset, trained: froz
             G = torch.ops.aten.threshold_backward(G, saved[i], 0)
         elif kind == "tanh":
             G = torch.ops.aten.tanh_backward(G, saved[i])
+        elif kind == "sigmoid":
+            G = torch.ops.aten.sigmoid_backward(G, saved[i])
+        elif kind == "gelu":
+            G = torch.ops.aten.gelu_backward(G, saved[i], approximate=prefix)
 
 
 def _loss_grad(out: torch.Tensor, y: torch.Tensor, w: torch.Tensor, loss: str) -> torch.Tensor:
