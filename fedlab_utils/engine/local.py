@@ -17,6 +17,9 @@ from ..models.batched import chain_sgd_step, linear_chain, stacked_forward
 
 BACKENDS = ("vectorized", "loop")
 GATHER_BYTES = 64 << 20  # gather a whole round's minibatches at once below this size
+CHAIN_BYTES = 4 << 20    # stacked parameters per chunk of the hand-written chain step: about the
+                         # last-level cache share of a core (1000 clients of an MLP 64-128-10 in
+                         # chunks of 110: 1.3x faster than all at once on a 2-core EPYC)
 
 
 class Trainer:
@@ -38,6 +41,8 @@ class Trainer:
             return self._dp_sgd(x, idx, w, mask, lrs, start, shift, pull, fixed)
         if self.backend == "loop":
             return self._loop(x, idx, w, mask, lrs, shift, pull, start, fixed)
+        if self.chain is not None:
+            return self._chain(x, idx, w, mask, lrs, shift, pull, start, fixed)
         return self._chunked(lambda rows, sh, st: self._vectorized(x, idx[rows], w[rows], mask[rows], lrs, sh, pull,
                                                                    st, fixed), idx.shape[0], shift, start)
 
@@ -125,8 +130,6 @@ class Trainer:
         # every step's minibatch in one gather (K, T, B, ...) when it is small, else step by step
         at_once = idx.numel() * self.X[0].numel() * self.X.element_size() <= GATHER_BYTES
         Xb, Yb = (self.X[idx], self.Y[idx]) if at_once else (None, None)
-        if self.chain is not None:
-            return self._chain(x, idx, w, mask, lrs, shift, pull, P, names, Xb, Yb)
         for t in range(idx.shape[1]):
             m = mask[:, t]
             leaves = {k: P[k].requires_grad_() for k in names}
@@ -143,17 +146,34 @@ class Trainer:
                     P[k].sub_(g, alpha=lrs[t])
         return {k: v.detach() for k, v in P.items()}
 
-    def _chain(self, x, idx, w, mask, lrs, shift, pull, P, names, Xb, Yb):
-        """:meth:`_vectorized` for a :func:`~fedlab_utils.models.batched.linear_chain` model: each
-        step updates ``P`` in place (``chain_sgd_step``); the penalty and correction terms
-        ``l2 W + shift + pull (P - x)`` are taken at the step's starting point, like the gradient."""
-        params, stacked, trained = {**self.frozen, **P}, frozenset(P), frozenset(names)
+    def _chain(self, x, idx, w, mask, lrs, shift, pull, start, fixed=()):
+        """:meth:`_vectorized` for a :func:`~fedlab_utils.models.batched.linear_chain` model, without
+        autograd: each step updates the stacked parameters in place (``chain_sgd_step``), chunk by
+        chunk of clients (views of one output, so nothing is concatenated) small enough that a
+        chunk's parameters and minibatches stay in cache through its steps. The penalty and
+        correction terms ``l2 W + shift + pull (P - x)`` are taken at each step's starting point,
+        like the gradient."""
+        P = {k: start[k].detach().clone() for k in start}
+        names = [k for k in start if k not in fixed]
+        if not names:
+            return P
+        K = idx.shape[0]
+        per_client = sum(v[0].numel() * v.element_size() for v in P.values())
+        c = min(K if self.chunk is None else self.chunk, max(1, CHAIN_BYTES // max(1, per_client)))
+        w = w.to(next(iter(P.values())).dtype)
         extra = bool(self.l2 and self.l2_names) or shift is not None or pull
         with torch.no_grad():
-            self._chain_steps(x, idx, w, mask, lrs, shift, pull, P, names, Xb, Yb, params, stacked, trained, extra)
+            for a in range(0, K, c):
+                rows = slice(a, min(a + c, K))
+                part = {k: v[rows] for k, v in P.items()}
+                self._chain_steps(x, idx[rows], w[rows], mask[rows], lrs, None if shift is None else
+                                  {k: v[rows] for k, v in shift.items()}, pull, part, names, extra)
         return P
 
-    def _chain_steps(self, x, idx, w, mask, lrs, shift, pull, P, names, Xb, Yb, params, stacked, trained, extra):
+    def _chain_steps(self, x, idx, w, mask, lrs, shift, pull, P, names, extra):
+        params, stacked, trained = {**self.frozen, **P}, frozenset(P), frozenset(names)
+        at_once = idx.numel() * self.X[0].numel() * self.X.element_size() <= GATHER_BYTES
+        Xb, Yb = (self.X[idx], self.Y[idx]) if at_once else (None, None)
         for t in range(idx.shape[1]):
             m = mask[:, t]
             full = bool(m.all())

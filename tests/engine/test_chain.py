@@ -91,3 +91,22 @@ def test_chain_forward_is_the_module_forward(gen):
     params = dict(model.named_parameters())
     with torch.no_grad():
         assert torch.equal(chain_forward(linear_chain(model), params, X), model(X))
+
+
+def test_chain_chunks_write_one_output(gen, monkeypatch):
+    """Chunks of clients (views of one output) give exactly what one chunk of all clients gives."""
+    import fedlab_utils.engine.local as local
+    model = flu.models.mlp(5, 6, 3, dtype=torch.float64, seed=4)
+    X, Y = _data(gen, n=70)
+    params, chain, _, _ = _trainers(model, X, Y, "cross_entropy", l2=0.01)
+    K = 7
+    idx, w, mask = flu.engine.batch_plan(torch.full((K,), 10), torch.arange(K) * 10, torch.arange(K),
+                                         torch.tensor([2, 3, 1, 3, 2, 3, 3]), 4, 0, 5)
+    start = {k: v.unsqueeze(0).expand(K, *v.shape) for k, v in params.items()}
+    shift = {k: torch.randn(K, *v.shape, generator=gen, dtype=v.dtype) for k, v in params.items()}
+    whole = chain(params, idx, w, mask, [0.2, 0.2, 0.2], start, shift=shift, pull=0.1)
+    per_client = sum(v.numel() * v.element_size() for v in params.values())
+    monkeypatch.setattr(local, "CHAIN_BYTES", 3 * per_client)   # chunks of 3, 3 and 1 clients
+    chunked = chain(params, idx, w, mask, [0.2, 0.2, 0.2], start, shift=shift, pull=0.1)
+    for k in params:
+        assert torch.equal(whole[k], chunked[k])
