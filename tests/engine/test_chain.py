@@ -107,6 +107,10 @@ def test_chain_chunks_write_one_output(gen, monkeypatch):
     whole = chain(params, idx, w, mask, [0.2, 0.2, 0.2], start, shift=shift, pull=0.1)
     per_client = sum(v.numel() * v.element_size() for v in params.values())
     monkeypatch.setattr(local, "CHAIN_BYTES", 3 * per_client)   # chunks of 3, 3 and 1 clients
+    calls = []
+    step = local.chain_sgd_step
+    monkeypatch.setattr(local, "chain_sgd_step", lambda *a, **k: calls.append(a[4].shape[0]) or step(*a, **k))
     chunked = chain(params, idx, w, mask, [0.2, 0.2, 0.2], start, shift=shift, pull=0.1)
+    assert calls == [3, 3, 3, 3, 3, 3, 1, 1, 1]
     for k in params:
         assert torch.equal(whole[k], chunked[k])
