@@ -1,19 +1,24 @@
-"""A real JupyterLab in headless Chromium: open a notebook, Run All, move a slider, see the plot change.
+"""Every notebook in a real JupyterLab, and two as Voila dashboards, in headless Chromium.
 
-One JupyterLab server (from this venv, own process group, random token, free port, throw-away
-config/settings/workspace dirs) serves a temporary copy of notebooks/ plus the fixture
+For each notebook of ``notebooks/``: open it in JupyterLab, Run All, then, in every cell that
+shows widget controls, move every enabled and visible control once (slider one step, next
+dropdown option, next toggle button, checkbox, number box + 1) and wait until the cell's output
+(its images, tables and text) changes. A control that is enabled but changes nothing fails the
+test (a control that does not apply to the current setting must be disabled or hidden). The
+same check runs on the two Voila dashboards of :data:`DASHBOARDS`, served by ``voila`` exactly as
+the README's command serves them. Screenshots of every moved cell go to test-artifacts/browser/.
+
+One server per module (own process group, random token, free port, throw-away config/settings/
+workspace dirs) serves a temporary copy of notebooks/ (with ``../data`` linked) plus the fixture
 tests/fixtures/widget_demo.ipynb. Chromium is Debian's /usr/bin/chromium driven by Playwright
-(never `playwright install`). Screenshots go to test-artifacts/.
-
-To drive another notebook in the browser, add its file name to BROWSER_NOTEBOOKS. Its first
-slider (``.widget-hslider``) whose cell also shows a plot (``.widget-output img``) is moved.
-
-Without /usr/bin/chromium these tests skip, except under CI (env CI set), where they fail.
+(never ``playwright install``). Without /usr/bin/chromium these tests skip, except under CI (env
+CI set), where they fail with what to install.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -32,6 +37,7 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 FIXTURE = ROOT / "tests" / "fixtures" / "widget_demo.ipynb"
 FIXTURE_NAME = "_fixture_widget_demo.ipynb"  # its name inside the served folder
 ARTIFACTS = ROOT / "test-artifacts"
+SHOTS = ARTIFACTS / "browser"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--no-sandbox",
@@ -43,25 +49,16 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 
-# Notebooks of notebooks/ to drive in a real browser: adding a name here is all it takes.
-BROWSER_NOTEBOOKS = [
-    "01_data_heterogeneity.ipynb",
-    "02_client_drift.ipynb",
-    "04_convergence_in_practice.ipynb",
-    "06_meta_learning_and_personalisation.ipynb",
-    "07_system_heterogeneity.ipynb",
-    "08_heterogeneity_aware_finetuning.ipynb",
-    "09_convergence_of_finetuning.ipynb",
-    "10_privacy.ipynb",
-    "11_scaling_out_with_flower.ipynb",
-    "12_research_playground.ipynb",
-]
+NOTEBOOKS = sorted(p.name for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+# The dashboards the README documents (served with `voila notebooks/<name>`) and tests here.
+DASHBOARDS = ["07_system_heterogeneity.ipynb", "10_privacy.ipynb"]
 
 SERVER_START_TIMEOUT_S = 90
 RUN_ALL_TIMEOUT_S = 240
-REDRAW_TIMEOUT_S = 120
+REDRAW_TIMEOUT_S = 90  # per control: the slowest FAST recompute takes well under a minute
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+browser = pytest.mark.browser  # every test that starts a server or Chromium carries both marks
+slow = pytest.mark.slow
 
 
 def _in_ci() -> bool:
@@ -71,7 +68,8 @@ def _in_ci() -> bool:
 def _require_chromium() -> None:
     if Path(CHROMIUM).exists():
         return
-    msg = f"{CHROMIUM} is missing: install Debian's chromium (bash .ci/install, or apt-get install -y chromium)"
+    msg = (f"{CHROMIUM} is missing: install Debian's chromium with `bash .ci/install` "
+           "(or `sudo apt-get install -y chromium`)")
     if _in_ci():
         pytest.fail(msg + " -- required under CI", pytrace=False)
     pytest.skip(msg)
@@ -88,17 +86,39 @@ def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data))
 
 
-class LabServer:
+def _served_copy(base: Path) -> Path:
+    """A copy of notebooks/ (servers never write to the committed files), ../data as in the repo."""
+    served = base / "notebooks"
+    served.mkdir()
+    for nb in NOTEBOOK_DIR.glob("*.ipynb"):
+        shutil.copy2(nb, served / nb.name)
+    shutil.copy2(FIXTURE, served / FIXTURE_NAME)
+    if (ROOT / "data").is_dir():
+        (base / "data").symlink_to(ROOT / "data", target_is_directory=True)
+    return served
+
+
+class Server:
+    """A Jupyter server process (JupyterLab or Voila) in its own process group."""
+
+    name = "server"
+
     def __init__(self, base: Path):
         self.base = base
         self.root = base / "notebooks"
         self.port = _free_port()
         self.token = secrets.token_hex(16)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = base / "jupyter-lab.log"
+        self.log_path = base / f"{self.name}.log"
         self.proc: subprocess.Popen | None = None
 
-    def _env(self) -> dict[str, str]:
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready_url(self) -> str:
+        return f"{self.url}/api/status?token={self.token}"
+
+    def env(self) -> dict[str, str]:
         config = self.base / "config"
         settings = self.base / "lab-settings"
         # Throw-away config: no news/update toast covering the page, every cell kept in the DOM.
@@ -129,36 +149,24 @@ class LabServer:
         return env
 
     def start(self) -> None:
-        cmd = [
-            sys.executable, "-m", "jupyterlab",
-            "--no-browser",
-            "--ip=127.0.0.1",
-            f"--port={self.port}",
-            "--ServerApp.port_retries=0",
-            f"--IdentityProvider.token={self.token}",
-            "--allow-root",
-            "--LabApp.extension_manager=readonly",
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-            f"--ServerApp.root_dir={self.root}",
-        ]
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            cmd, cwd=self.root, env=self._env(), stdout=log, stderr=subprocess.STDOUT,
+            self.command(), cwd=self.root, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"jupyter lab exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/api/status?token={self.token}", timeout=2) as r:
+                with urllib.request.urlopen(self.ready_url(), timeout=2) as r:
                     if r.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
             time.sleep(0.25)
-        raise RuntimeError(f"jupyter lab not ready after {SERVER_START_TIMEOUT_S} s:\n{self.log_tail()}")
+        raise RuntimeError(f"{self.name} not ready after {SERVER_START_TIMEOUT_S} s:\n{self.log_tail()}")
 
     def api(self, method: str, path: str):
         req = urllib.request.Request(
@@ -198,19 +206,47 @@ class LabServer:
             return "(no log)"
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+class LabServer(Server):
+    name = "jupyter-lab"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "jupyterlab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={self.token}",
+            "--allow-root",
+            "--LabApp.extension_manager=readonly",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            f"--ServerApp.root_dir={self.root}",
+        ]
+
+
+class VoilaServer(Server):
+    """``voila <folder>``: the README's dashboard command on the served copy (code hidden)."""
+
+    name = "voila"
+
+    def command(self) -> list[str]:
+        return [
+            str(Path(sys.executable).with_name("voila")), str(self.root),
+            "--no-browser",
+            f"--port={self.port}",
+            "--Voila.ip=127.0.0.1",
+            "--Voila.port_retries=0",
+        ]
+
+    def ready_url(self) -> str:
+        return f"{self.url}/"
+
+
+def _serve(kind, tmp_path_factory):
     _require_chromium()
-    base = tmp_path_factory.mktemp("jupyterlab")
-    served = base / "notebooks"
-    served.mkdir()
-    # A copy, so JupyterLab never writes to the committed notebooks; ../data as in the repo.
-    for nb in NOTEBOOK_DIR.glob("*.ipynb") if NOTEBOOK_DIR.is_dir() else []:
-        shutil.copy2(nb, served / nb.name)
-    shutil.copy2(FIXTURE, served / FIXTURE_NAME)
-    if (ROOT / "data").is_dir():
-        (base / "data").symlink_to(ROOT / "data", target_is_directory=True)
-    server = LabServer(base)
+    base = tmp_path_factory.mktemp(kind.name)
+    _served_copy(base)
+    server = kind(base)
     try:
         server.start()
         yield server
@@ -218,11 +254,24 @@ def lab(tmp_path_factory):
         server.stop()
         if server.log_path.exists():
             ARTIFACTS.mkdir(exist_ok=True)
-            shutil.copy2(server.log_path, ARTIFACTS / "jupyter-lab.log")
+            shutil.copy2(server.log_path, ARTIFACTS / server.log_path.name)
 
 
 @pytest.fixture(scope="module")
-def browser_context(lab, tmp_path_factory):
+def lab(tmp_path_factory):
+    yield from _serve(LabServer, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def voila(tmp_path_factory):
+    if not Path(sys.executable).with_name("voila").exists():
+        pytest.fail("voila is not installed in this environment: run `bash .ci/install`", pytrace=False)
+    yield from _serve(VoilaServer, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def browser_context(tmp_path_factory):
+    _require_chromium()
     from playwright.sync_api import sync_playwright
 
     profile = tmp_path_factory.mktemp("chromium-profile")
@@ -240,7 +289,7 @@ def browser_context(lab, tmp_path_factory):
             context.close()
 
 
-# --- the user's path through JupyterLab -------------------------------------------------------
+# --- JupyterLab: open a notebook, Run All ------------------------------------------------------
 
 # Every query is scoped to the notebook panel on show (other tabs keep their own cells).
 PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
@@ -305,6 +354,15 @@ def _open_notebook(page, lab: LabServer, name: str) -> None:
     _wait_kernel_ready(page)
 
 
+def _errors(page, scope: str) -> list[str]:
+    # An error output renders as stderr text holding the traceback (warnings have none).
+    errors = page.locator(
+        f"{scope} .jp-RenderedText[data-mime-type='application/vnd.jupyter.stderr']",
+        has_text="Traceback",
+    )
+    return [errors.nth(i).inner_text()[:2000] for i in range(errors.count())]
+
+
 def _run_all(page) -> dict:
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.locator("li.lm-Menu-item[data-command='runmenu:run-all']").click()
@@ -315,89 +373,201 @@ def _run_all(page) -> dict:
         polling=250,
     )
     state = page.evaluate(_RUN_STATE_JS)
-    # An error output renders as stderr text holding the traceback (warnings have none).
-    errors = page.locator(
-        f"{PANEL} .jp-RenderedText[data-mime-type='application/vnd.jupyter.stderr']",
-        has_text="Traceback",
-    )
-    if state["pending"] or errors.count():
-        text = errors.first.inner_text()[:2000] if errors.count() else ""
+    errors = _errors(page, PANEL)
+    if state["pending"] or errors:
         raise AssertionError(
-            f"Run All: code cells not run: {state['pending'] or 'none'}; first error:\n{text}"
+            f"Run All: code cells not run: {state['pending'] or 'none'}; first error:\n"
+            f"{errors[0] if errors else ''}"
         )
     return state
 
 
-_PLOT_SRCS_JS = """
-(handle) => {
-  const cell = handle.closest('.jp-Cell');
-  return [...cell.querySelectorAll('.widget-output img')].map(img => img.getAttribute('src') || '');
+def _lab_idle(page) -> bool:
+    return page.evaluate(
+        f"() => document.querySelector(\"{PANEL} .jp-Notebook-ExecutionIndicator\")"
+        "?.getAttribute('data-status') === 'idle'"
+    )
+
+
+# --- every control of every widget cell ---------------------------------------------------------
+
+# One entry per control, in page order: what a person can move. A slider readout, a dropdown's
+# options, the toggle buttons, a checkbox, a number box; buttons are left alone (none of the
+# notebooks' panels needs one to redraw).
+CONTROL = (".widget-hslider, .widget-dropdown, .widget-toggle-buttons, .widget-checkbox, "
+           ".widget-text, .widget-radio")
+
+_CELL_SIGNATURE_JS = """
+(cell) => {
+  // What the cell's widget outputs show: every image, table and text, minus timings.
+  return [...cell.querySelectorAll('.widget-output')].map(out => {
+    const imgs = [...out.querySelectorAll('img')].map(i => i.getAttribute('src') || '');
+    const text = (out.innerText || '').replace(/\\d+(\\.\\d+)?\\s*(ms|s)\\b/g, '#');
+    return JSON.stringify([imgs, text]);
+  }).join('|');
 }
 """
 
+_DRAWN_JS = """
+(cell) => {
+  // Every output drawn: no image still without its data, something shown.
+  const outs = [...cell.querySelectorAll('.widget-output')];
+  return outs.some(o => o.querySelector('img') || (o.innerText || '').trim())
+      && [...cell.querySelectorAll('.widget-output img')].every(i => (i.getAttribute('src') || '').length > 0);
+}
+"""
 
-_USABLE_SLIDER_JS = """
+_CONTROL_STATE_JS = """
 (el) => {
-  const track = el.querySelector('.noUi-target');
-  const disabled = !track || track.hasAttribute('disabled') || el.classList.contains('mod-disabled');
-  return !disabled && el.closest('.jp-Cell').querySelectorAll('.widget-output img').length > 0;
+  const style = getComputedStyle(el);
+  const hidden = el.offsetParent === null || style.visibility === 'hidden';
+  const disabled = !!el.querySelector('.noUi-target[disabled], select:disabled, input:disabled')
+      || el.classList.contains('mod-disabled')
+      || (el.classList.contains('widget-toggle-buttons')
+          && [...el.querySelectorAll('button')].every(b => b.disabled));
+  const label = (el.querySelector('.widget-label-basic span, .widget-label, label')?.textContent || '')
+      .replace('\u200b', '').trim();
+  const kind = ['widget-hslider', 'widget-dropdown', 'widget-toggle-buttons', 'widget-checkbox',
+                'widget-text', 'widget-radio'].find(c => el.classList.contains(c)) || '?';
+  return {hidden, disabled, label, kind};
 }
 """
 
 
-def _move_first_plotting_slider(page) -> tuple[str, str]:
-    """Move the first enabled slider whose cell shows a widget plot; return readout before/after."""
-    sliders = page.locator(f"{PANEL} .jp-Cell .widget-hslider")
-    page.wait_for_selector(f"{PANEL} .widget-hslider .noUi-handle", timeout=30_000)
-    target = None
-    for i in range(sliders.count()):
-        slider = sliders.nth(i)
-        if slider.evaluate(_USABLE_SLIDER_JS):
-            target = slider
-            break
-    assert target is not None, "no enabled .widget-hslider in a cell that shows a plot (.widget-output img)"
-    target.scroll_into_view_if_needed()
-    handle = target.locator(".noUi-handle").first
-    readout = target.locator(".widget-readout").first
-    before_value = readout.inner_text().strip()
-    before_srcs = handle.evaluate(_PLOT_SRCS_JS)
+def _value(control, kind: str) -> str:
+    if kind == "widget-hslider":
+        return control.locator(".widget-readout").first.inner_text().strip()
+    if kind == "widget-dropdown":
+        return control.locator("select").first.input_value()
+    if kind == "widget-toggle-buttons":
+        return control.locator("button.mod-active").first.inner_text().strip()
+    if kind == "widget-checkbox":
+        return str(control.locator("input").first.is_checked())
+    if kind == "widget-text":
+        return control.locator("input").first.input_value()
+    if kind == "widget-radio":
+        return str([b.is_checked() for b in control.locator("input").all()])
+    return ""
 
-    # The keyboard moves a focused noUiSlider handle one step and fires its change event.
-    handle.focus()
-    handle.press("ArrowRight")
-    if readout.inner_text().strip() == before_value:  # at the maximum already
-        handle.press("ArrowLeft")
-        handle.press("ArrowLeft")
-    after_value = readout.inner_text().strip()
-    if after_value == before_value:  # fall back to dragging the handle
-        box = handle.bounding_box()
-        track = target.locator(".noUi-target").first.bounding_box()
-        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-        page.mouse.down()
-        page.mouse.move(track["x"] + track["width"] * 0.75, box["y"] + box["height"] / 2, steps=8)
-        page.mouse.up()
-        after_value = readout.inner_text().strip()
-    assert after_value != before_value, f"slider did not move (readout stayed {before_value!r})"
 
-    handle_el = handle.element_handle()
+def _move(page, control, kind: str) -> tuple[str, str]:
+    """Change ``control`` once the way a person would; return its value before and after."""
+    control.scroll_into_view_if_needed()
+    before = _value(control, kind)
+    if kind == "widget-hslider":
+        handle = control.locator(".noUi-handle").first
+        handle.focus()
+        handle.press("ArrowRight")  # moves a focused noUiSlider one step, fires its change event
+        if _value(control, kind) == before:  # at the maximum already
+            handle.press("ArrowLeft")
+            handle.press("ArrowLeft")
+    elif kind == "widget-dropdown":
+        select = control.locator("select").first
+        options = select.locator("option").all()
+        values = [o.get_attribute("value") for o in options]
+        labels = [o.inner_text() for o in options]
+        i = values.index(before) if before in values else 0
+        if len(labels) > 1:
+            select.select_option(label=labels[(i + 1) % len(labels)])
+    elif kind == "widget-toggle-buttons":
+        buttons = control.locator("button").all()
+        active = next((i for i, b in enumerate(buttons) if "mod-active" in (b.get_attribute("class") or "")), 0)
+        for j in range(1, len(buttons)):
+            candidate = buttons[(active + j) % len(buttons)]
+            if candidate.is_enabled():
+                candidate.click()
+                break
+    elif kind == "widget-checkbox":
+        control.locator("input").first.click()
+    elif kind == "widget-text":
+        box = control.locator("input").first
+        try:
+            new = str(int(before) + 1)
+        except ValueError:
+            new = f"{float(before) * 1.5:g}" if before else "1"
+        box.fill(new)
+        box.press("Enter")
+    elif kind == "widget-radio":
+        inputs = control.locator("input").all()
+        checked = next((i for i, b in enumerate(inputs) if b.is_checked()), 0)
+        if len(inputs) > 1:
+            inputs[(checked + 1) % len(inputs)].check()
+    return before, _value(control, kind)
+
+
+def _wait_redraw(page, cell, before: str, idle) -> str:
+    """Wait until the cell's outputs differ from ``before`` and have settled; return them."""
+    handle = cell.element_handle()
     page.wait_for_function(
-        f"([h, before]) => {{ const now = ({_PLOT_SRCS_JS})(h); "
-        "return now.length > 0 && now.every(s => s.length > 0) && "
-        "JSON.stringify(now) !== JSON.stringify(before); }",
-        arg=[handle_el, before_srcs],
-        timeout=REDRAW_TIMEOUT_S * 1000,
-        polling=200,
+        f"([c, b]) => {{ const s = ({_CELL_SIGNATURE_JS})(c); return s !== b && ({_DRAWN_JS})(c); }}",
+        arg=[handle, before], timeout=REDRAW_TIMEOUT_S * 1000, polling=200,
     )
-    after_srcs = handle.evaluate(_PLOT_SRCS_JS)
-    assert after_srcs and after_srcs != before_srcs, "the plot did not change after moving the slider"
-    # Let the redraw settle (the kernel goes idle once the callback has finished).
-    page.wait_for_selector(
-        f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000
-    )
-    return before_value, after_value
+    deadline = time.monotonic() + REDRAW_TIMEOUT_S
+    last, stable_since = None, time.monotonic()
+    while time.monotonic() < deadline:  # settled: idle, and the same for 0.75 s
+        now = cell.evaluate(_CELL_SIGNATURE_JS)
+        if now != last:
+            last, stable_since = now, time.monotonic()
+        elif idle(page) and time.monotonic() - stable_since >= 0.75:
+            break
+        time.sleep(0.15)
+    return last
 
 
-def _drive(lab: LabServer, context, name: str, shot: str) -> None:
+def _move_every_control(page, scope: str, shot: str, idle) -> list[str]:
+    """Move every enabled, visible control of every widget cell in ``scope``; return a log line
+    per control; raise listing every control that changed nothing (or broke the cell)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    cells = page.locator(f"{scope} .jp-CodeCell").filter(has=page.locator(CONTROL))
+    assert cells.count() > 0, "no cell with widget controls"
+    log, failures, panels, redraws = [], [], 0, []
+    for c in range(cells.count()):
+        cell = cells.nth(c)
+        controls = cell.locator(CONTROL)
+        if not cell.locator(".widget-output").count():
+            failures.append(f"cell {c}: controls without a widget output to redraw")
+            continue
+        panels += 1
+        moved = 0
+        for k in range(controls.count()):
+            control = controls.nth(k)
+            state = control.evaluate(_CONTROL_STATE_JS)
+            name = f"cell {c} {state['kind'].removeprefix('widget-')} {state['label']!r}"
+            if state["hidden"] or state["disabled"]:
+                log.append(f"{name}: skipped ({'hidden' if state['hidden'] else 'disabled'})")
+                continue
+            signature = cell.evaluate(_CELL_SIGNATURE_JS)
+            t0 = time.perf_counter()
+            before, after = _move(page, control, state["kind"])
+            if before == after:
+                failures.append(f"{name}: could not be moved (value stayed {before!r})")
+                continue
+            try:
+                _wait_redraw(page, cell, signature, idle)
+            except Exception:
+                failures.append(f"{name}: {before} -> {after} changed nothing within {REDRAW_TIMEOUT_S} s")
+                continue
+            moved += 1
+            seconds = time.perf_counter() - t0
+            log.append(f"{name}: {before} -> {after}, redrawn in {seconds:.1f} s")
+            redraws.append({"cell": c, "control": state["label"], "kind": state["kind"],
+                            "before": before, "after": after, "seconds": round(seconds, 2)})
+        if moved == 0:
+            failures.append(f"cell {c}: no control could be moved")
+        cell.screenshot(path=str(SHOTS / f"{shot}-cell{c}.png"))
+    tracebacks = _errors(page, scope)
+    if tracebacks:
+        failures.append(f"a traceback after moving controls:\n{tracebacks[0]}")
+    print("\n".join(log))
+    # Seconds from the move to a settled redraw (browser round trip included), per control.
+    (SHOTS / f"{shot}-redraws.json").write_text(json.dumps(redraws, indent=1))
+    assert not failures, f"{panels} widget cells; problems:\n" + "\n".join(failures)
+    return log
+
+
+# --- the tests ------------------------------------------------------------------------------
+
+def _drive_lab(lab: LabServer, context, name: str, shot: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / f"{shot}-failure.png").unlink(missing_ok=True)
     page = context.new_page()
@@ -405,12 +575,12 @@ def _drive(lab: LabServer, context, name: str, shot: str) -> None:
     try:
         _open_notebook(page, lab, name)
         _run_all(page)
-        before, after = _move_first_plotting_slider(page)
+        log = _move_every_control(page, PANEL, shot, _lab_idle)
         page.screenshot(path=str(ARTIFACTS / f"{shot}.png"))
-        print(f"{name}: slider {before} -> {after}, plot redrawn, {time.perf_counter() - started:.1f} s")
+        print(f"{name}: {len(log)} controls, {time.perf_counter() - started:.1f} s")
     except BaseException:
         try:
-            page.screenshot(path=str(ARTIFACTS / f"{shot}-failure.png"))
+            page.screenshot(path=str(ARTIFACTS / f"{shot}-failure.png"), full_page=True)
         except Exception:
             pass
         print(lab.log_tail())
@@ -420,12 +590,67 @@ def _drive(lab: LabServer, context, name: str, shot: str) -> None:
         lab.shutdown_kernels()
 
 
+@browser
+@slow
 def test_fixture_slider_redraws_plot_in_jupyterlab(lab, browser_context):
-    _drive(lab, browser_context, FIXTURE_NAME, "browser_widget_demo")
+    _drive_lab(lab, browser_context, FIXTURE_NAME, "browser_widget_demo")
 
 
-@pytest.mark.parametrize("name", BROWSER_NOTEBOOKS, ids=[n.removesuffix(".ipynb") for n in BROWSER_NOTEBOOKS])
-def test_notebook_slider_redraws_plot_in_jupyterlab(name, lab, browser_context):
-    if not (NOTEBOOK_DIR / name).exists():
-        pytest.skip(f"notebooks/{name} does not exist yet (listed in BROWSER_NOTEBOOKS)")
-    _drive(lab, browser_context, name, f"browser_{Path(name).stem}")
+@browser
+@slow
+@pytest.mark.parametrize("name", NOTEBOOKS, ids=[n.removesuffix(".ipynb") for n in NOTEBOOKS])
+def test_every_control_redraws_in_jupyterlab(name, lab, browser_context):
+    _drive_lab(lab, browser_context, name, f"browser_{Path(name).stem}")
+
+
+@browser
+@slow
+@pytest.mark.parametrize("name", DASHBOARDS, ids=[n.removesuffix(".ipynb") for n in DASHBOARDS])
+def test_every_control_redraws_in_voila_dashboard(name, voila, browser_context):
+    shot = f"voila_{Path(name).stem}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser_context.new_page()
+    started = time.perf_counter()
+    try:
+        page.goto(f"{voila.url}/voila/render/{name}", wait_until="commit",
+                  timeout=RUN_ALL_TIMEOUT_S * 1000)
+        # Voila runs every cell before the page is complete; code cells are not shown.
+        page.wait_for_selector(".jp-CodeCell .widget-output", timeout=RUN_ALL_TIMEOUT_S * 1000)
+        page.wait_for_function("() => !document.querySelector('#loading, .voila-spinner')",
+                               timeout=RUN_ALL_TIMEOUT_S * 1000, polling=500)
+        assert page.locator(".jp-CodeCell .jp-InputArea:visible").count() == 0, "the dashboard shows code"
+        errors = _errors(page, "body")
+        assert not errors, f"the dashboard shows a traceback:\n{errors[0]}"
+        log = _move_every_control(page, "body", shot, lambda p: True)
+        page.screenshot(path=str(ARTIFACTS / f"{shot}.png"), full_page=True)
+        print(f"voila {name}: {len(log)} controls, {time.perf_counter() - started:.1f} s")
+    except BaseException:
+        try:
+            page.screenshot(path=str(ARTIFACTS / f"{shot}-failure.png"), full_page=True)
+        except Exception:
+            pass
+        print(voila.log_tail())
+        raise
+    finally:
+        page.close()
+        voila.shutdown_kernels()
+
+
+# --- without a browser: the harness's own promises --------------------------------------------
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_missing_chromium_says_what_to_install(monkeypatch, ci):
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.setenv("CI", ci)
+    outcome = pytest.fail.Exception if ci else pytest.skip.Exception
+    with pytest.raises(outcome, match=r"apt-get install -y chromium"):
+        _require_chromium()
+
+
+def test_every_notebook_and_the_documented_dashboards_are_driven():
+    on_disk = sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb"))
+    assert NOTEBOOKS == on_disk and len(NOTEBOOKS) >= 13
+    readme = (ROOT / "README.md").read_text()
+    assert ".venv/bin/voila notebooks/" in readme
+    assert re.search(r"^voila==", (ROOT / "requirements.txt").read_text(), re.M)
+    assert set(DASHBOARDS) <= set(NOTEBOOKS)
