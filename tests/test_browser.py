@@ -397,6 +397,8 @@ def _lab_idle(page) -> bool:
 CONTROL = (".widget-hslider, .widget-dropdown, .widget-toggle-buttons, .widget-checkbox, "
            ".widget-text, .widget-radio")
 
+CHOICES = ("widget-dropdown", "widget-toggle-buttons", "widget-radio")
+
 _CELL_SIGNATURE_JS = """
 (cell) => {
   // What the cell's widget outputs show: every image, table and text, minus timings.
@@ -529,7 +531,11 @@ def _move_every_control(page, scope: str, shot: str, idle) -> list[str]:
             continue
         panels += 1
         moved = 0
-        for k in range(controls.count()):
+        # Choices last: a dropdown may disable the controls it makes irrelevant, which are then
+        # moved first, in the setting where they apply.
+        kinds = [controls.nth(k).evaluate(_CONTROL_STATE_JS)["kind"] for k in range(controls.count())]
+        order = sorted(range(len(kinds)), key=lambda k: kinds[k] in CHOICES)
+        for k in order:
             control = controls.nth(k)
             state = control.evaluate(_CONTROL_STATE_JS)
             name = f"cell {c} {state['kind'].removeprefix('widget-')} {state['label']!r}"
