@@ -17,18 +17,25 @@ Medians of ``--repeats`` runs (after one warm-up), one torch thread, Agg backend
 
     .venv/bin/python benchmarks/widget_redraw.py [--repeats 5]
 
-Measured on the shared 2-core development machine (load average 5, other jobs running), two runs;
-ratios moved by up to 2x between them, the sub-millisecond argsort baselines most:
+Measured on the shared 2-core development machine. Earlier, under load average 5 (two runs;
+ratios moved by up to 2x between them): bare figure 0.41-0.44 s, partition explorer 0.59-0.80 s
+(1.4-1.8x), FedAvg panel 1.34-1.46 s (3.2-3.3x). A later run at load average 2-3, with the two
+dashboards' panels added:
 
-    panel redraw                        seconds     x bare figure
-    bare 2-axes figure to PNG           0.41-0.44   1.0
-    partition explorer: alpha           0.75-0.80   1.8
-    partition explorer: scheme          0.59-0.80   1.4-1.8
-    fedavg panel: local_steps           1.34-1.46   3.2-3.3
-    partitioner                         ms          x argsort
-    digits: dirichlet(0.3)              1.5-4.2     31-72
-    sparse (20,000 labels), each        1.5-13      4-22
-    dirichlet, min_size unreachable     218-432     4500-7300
+    panel redraw                              seconds   x bare figure
+    bare 2-axes figure to PNG                 0.127     1.0
+    partition explorer: alpha                 0.274     2.2
+    fedavg panel: local_steps                 0.738     5.8
+    systems panel (07): speed spread          0.913     7.2
+    accounting panel (10): noise multiplier   0.719     5.6
+    partitioner                               ms        x argsort
+    digits: dirichlet(0.3)                    1.9       62
+    sparse (20,000 labels), each              1.3-3.4   3-9
+    dirichlet, min_size unreachable           105       3400
+
+In a real browser (``tests/test_browser.py`` records ``test-artifacts/browser/*-redraws.json``),
+a move to a settled redraw takes 1.3-3 s per control, including the kernel round trip and the
+0.75 s the test waits to see the output stay unchanged.
 """
 from __future__ import annotations
 
@@ -48,6 +55,8 @@ import torch  # noqa: E402
 import fedlab_utils as flu  # noqa: E402
 from fedlab_utils.views.widgets import fewshot as fewshot_widgets  # noqa: E402
 from fedlab_utils.views.widgets import heterogeneity  # noqa: E402
+from fedlab_utils.views.widgets import privacy as privacy_widgets  # noqa: E402
+from fedlab_utils.views.widgets import systems as systems_widgets  # noqa: E402
 
 def render_png(fig) -> None:
     """``views.widgets.common.show`` inside a kernel: one PNG of the figure, then close it."""
@@ -98,6 +107,16 @@ def panels(repeats: int) -> dict:
                                               shape=digits.shape, shots=5, num_rounds=2, num_clients=4,
                                               local_steps=2)
     out["finetune panel (small): shots"] = panel_median(finetune, "shots", (2, 3, 5), repeats)
+    # The two dashboards' panels (notebooks 07 and 10) at their FAST settings.
+    fed = flu.lessons.systems.federation(0.5, 0, num_clients=20)
+    model = flu.models.mlp(64, 32, 10, seed=0)
+    systems = systems_widgets.systems_panel(fed, model, deadline=1.9, num_rounds=20, clients_per_round=10,
+                                            target=0.8, seed=0)
+    out["systems panel (07): speed spread"] = panel_median(systems, "speed_spread", (0.3, 0.6, 1.0), repeats)
+    accounting = privacy_widgets.accounting_panel(noise_multiplier=1.0, clip=1.0, sample_rate=0.1, rounds=100,
+                                                  delta=1e-5, num_clients=100)
+    out["accounting panel (10): noise multiplier"] = panel_median(accounting, "noise_multiplier",
+                                                                  (0.8, 1.0, 1.5), repeats)
     return out
 
 
@@ -144,6 +163,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)
     heterogeneity.show = render_png        # the kernel's rendering, without a kernel
     fewshot_widgets.show = render_png
+    systems_widgets.show = render_png
+    privacy_widgets.show = render_png
 
     base_fig = median_seconds(bare_figure, args.repeats)
     with contextlib.redirect_stdout(io.StringIO()):   # clear_output outside a kernel prints escape codes
