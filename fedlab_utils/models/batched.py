@@ -133,19 +133,22 @@ def linear_chain(module: nn.Module, prefix: str = "") -> list | None:
 def chain_forward(layers: list, params: dict, x: torch.Tensor) -> torch.Tensor:
     """The model's own forward (the same kernels as its modules) for a :func:`linear_chain`, with
     ``params`` (unstacked) in place of its parameters: ``functional_call`` without its overhead."""
+    fresh = False   # x is this function's own buffer: activations may overwrite it
     for kind, prefix in layers:
         if kind == "linear":
             x = nn.functional.linear(x, params[prefix + "weight"], params.get(prefix + "bias"))
         elif kind == "flatten":
             x = x.flatten(1)
+            continue
         elif kind == "relu":
-            x = torch.relu(x)
+            x = x.relu_() if fresh else torch.relu(x)
         elif kind == "tanh":
-            x = torch.tanh(x)
+            x = x.tanh_() if fresh else torch.tanh(x)
         elif kind == "sigmoid":
-            x = torch.sigmoid(x)
+            x = x.sigmoid_() if fresh else torch.sigmoid(x)
         elif kind == "gelu":
             x = nn.functional.gelu(x, approximate=prefix)
+        fresh = kind != "identity" or fresh
     return x
 
 

@@ -114,3 +114,13 @@ def test_chain_chunks_write_one_output(gen, monkeypatch):
     assert calls == [3, 3, 3, 3, 3, 3, 1, 1, 1]
     for k in params:
         assert torch.equal(whole[k], chunked[k])
+
+
+def test_chain_forward_leaves_its_input_alone(gen):
+    model = nn.Sequential(nn.ReLU(), nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2), nn.ReLU())
+    X = torch.randn(9, 4, generator=gen)
+    before = X.clone()
+    with torch.no_grad():
+        out = chain_forward(linear_chain(model), dict(model.named_parameters()), X)
+        assert torch.equal(out, model(X))
+    assert torch.equal(X, before)
