@@ -41,8 +41,6 @@ class Trainer:
             return self._dp_sgd(x, idx, w, mask, lrs, start, shift, pull, fixed)
         if self.backend == "loop":
             return self._loop(x, idx, w, mask, lrs, shift, pull, start, fixed)
-        if self.chain is not None:
-            return self._chain(x, idx, w, mask, lrs, shift, pull, start, fixed)
         return self._chunked(lambda rows, sh, st: self._vectorized(x, idx[rows], w[rows], mask[rows], lrs, sh, pull,
                                                                    st, fixed), idx.shape[0], shift, start)
 
@@ -121,6 +119,8 @@ class Trainer:
         return g
 
     def _vectorized(self, x, idx, w, mask, lrs, shift, pull, start, fixed=()):
+        if self.chain is not None:
+            return self._chain(x, idx, w, mask, lrs, shift, pull, start, fixed)
         P = {k: start[k].detach().clone() for k in start}
         names = [k for k in start if k not in fixed]
         if not names:
@@ -149,8 +149,9 @@ class Trainer:
     def _chain(self, x, idx, w, mask, lrs, shift, pull, start, fixed=()):
         """:meth:`_vectorized` for a :func:`~fedlab_utils.models.batched.linear_chain` model, without
         autograd: each step updates the stacked parameters in place (``chain_sgd_step``), chunk by
-        chunk of clients (views of one output, so nothing is concatenated) small enough that a
-        chunk's parameters and minibatches stay in cache through its steps. The penalty and
+        chunk of clients (views of one output, so nothing is concatenated; within the memory
+        chunks of :meth:`_chunked`) small enough that a chunk's parameters and minibatches stay in
+        cache through its steps. The penalty and
         correction terms ``l2 W + shift + pull (P - x)`` are taken at each step's starting point,
         like the gradient."""
         P = {k: start[k].detach().clone() for k in start}
@@ -159,7 +160,7 @@ class Trainer:
             return P
         K = idx.shape[0]
         per_client = sum(v[0].numel() * v.element_size() for v in P.values())
-        c = min(K if self.chunk is None else self.chunk, max(1, CHAIN_BYTES // max(1, per_client)))
+        c = max(1, CHAIN_BYTES // max(1, per_client))
         w = w.to(next(iter(P.values())).dtype)
         extra = bool(self.l2 and self.l2_names) or shift is not None or pull
         with torch.no_grad():
