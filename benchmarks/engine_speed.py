@@ -1,119 +1,298 @@
-"""Engine speed: the per-client loop a user would write vs our loop and vectorised backends.
+"""Engine speed: ``flu.run`` (vectorised, the default) against the per-client loop a user writes.
 
-Workload (issue 8): digits, 100 clients, Dirichlet(0.5), MLP 64-128-10, FedAvg, 5 local steps of
-batch 16; then 1000 clients of 50 samples each (synthetic data). All three versions draw the same
-minibatch indices (``flu.engine.batch_plan``), so their accuracies are comparable. Reports
-median milliseconds per round and ratios measured in this same process (machines are noisy).
+Workload (issue 20): FedAvg, MLP 64-128-10, 5 local steps of batch 16, lr 0.05; 100 clients on
+digits (Dirichlet 0.5), then 1,000 and 10,000 synthetic clients of 50 samples (40 train). The
+user loop is the README's: a deep copy of the global model per client, ``torch.optim.SGD``, the
+state dicts averaged; it draws the same minibatch indices (``flu.engine.batch_plan``), so both
+end at the same accuracy (up to float rounding). Everything runs in this one process, user-loop
+rounds interleaved with ``flu.run`` calls so that both see the same machine load:
 
-    python benchmarks/engine_speed.py [--rounds 20] [--threads 2]
+- user loop: each round timed alone; median over the rounds (>= 5);
+- ``flu.run``: one call per user-loop round, each training the same number of rounds;
+  "end to end" is the call's wall time / rounds (set-up, round-0 and final evaluation and the
+  History included), "per round" the median of ``History.timing.seconds`` (the rounds alone);
+  median over the calls. ``eval_every=rounds`` evaluates at the end only, like the user loop;
+  the default ``eval_every=1`` evaluates every client's train and test split every round;
+- memory per client: in a fresh (spawned) interpreter, the peak resident set size
+  (``/proc/self/statm``, sampled every 0.2 ms by a thread) during one 2-round ``flu.run`` call
+  (one user-loop round) above the level before it, divided by the clients;
+- the matmul floor: FLOPs per round (forward + backward = 3 x 2 x 9,472 weights x the samples
+  of the round's local steps) over the FLOP/s of one 2048 x 2048 float32 matmul (median of 10);
+- ``torch.compile``: the hand-written chain step (``flu.models.batched.chain_sgd_step``) compiled
+  (``dynamic=False``), cold compile time and warm rounds at 100 clients (skip: ``--no-compile``).
 
-Measured on the 2-core development machine (torch 2.13 CPU, 2 threads, load average 1-1.6),
-``--rounds 20``:
+At 10,000 clients only ``flu.run`` is timed; the user loop's figure there is extrapolated
+linearly from its 1,000-client rounds (its cost is per client) and marked as such.
 
-    clients version                   ms/round  vs user loop  accuracy
-        100 user loop (deepcopy+SGD)     474.4          1.0x     0.837
-        100 flu loop backend             427.1          1.1x     0.837
-        100 flu vectorized                26.6         17.9x     0.837
-        100 vectorized vs flu loop: 16.1x
-       1000 user loop (deepcopy+SGD)    4681.1          1.0x     0.201
-       1000 flu loop backend            4496.4          1.0x     0.201
-       1000 flu vectorized               196.2         23.9x     0.201
+    python benchmarks/engine_speed.py [--threads 2] [--quick] [--no-compile]
 
-Seven runs at 100 clients gave 14.8x to 27.3x, median 18.2x (vectorised 17-28 ms per round; the
-user loop moves with the machine's load, 330-490 ms); two runs at 1000 clients 23.9x and 30.6x.
-At 1000 clients the synthetic task has only 5 rounds, hence its low accuracy; all three versions
-agree on it. The vectorised round is bound by small batched matmuls and the memory traffic of
-the stacked gradients (K x parameters).
+Measured on the 2-core development machine (torch 2.13 CPU, 2 threads), other jobs running:
+
+    (figures: see README's Benchmarks table)
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
+import threading
 import time
 
 import torch
 
 import fedlab_utils as flu
+from fedlab_utils._core.runtime import torch_threads
 from fedlab_utils.engine import batch_plan
 
+LR, STEPS, BATCH = 0.05, 5, 16
 
-def user_loop_fedavg(model, fed, num_rounds, local_steps, lr, batch_size, seed=0):
+
+class UserLoop:
     """What a user writes: deepcopy the global model per client, torch.optim.SGD, average state dicts."""
-    sizes = torch.as_tensor(fed.sizes)
-    offsets = torch.cumsum(sizes, 0) - sizes
-    X = torch.cat([x for x, _ in fed.train])
-    Y = torch.cat([y for _, y in fed.train])
-    p = torch.as_tensor(fed.weights(), dtype=torch.float32)
-    clients = torch.arange(fed.num_clients)
-    steps = torch.full((fed.num_clients,), local_steps)
-    global_model = copy.deepcopy(model)
-    times = []
-    for rnd in range(1, num_rounds + 1):
+
+    def __init__(self, model, fed, seed=0):
+        self.fed, self.seed = fed, seed
+        self.sizes = torch.as_tensor(fed.sizes)
+        self.offsets = torch.cumsum(self.sizes, 0) - self.sizes
+        self.X = torch.cat([x for x, _ in fed.train])
+        self.Y = torch.cat([y for _, y in fed.train])
+        self.p = torch.as_tensor(fed.weights(), dtype=torch.float32)
+        self.global_model = copy.deepcopy(model)
+        self.rnd = 0
+
+    def round(self) -> float:
+        """One round; returns its seconds."""
         t0 = time.perf_counter()
-        idx, _, _ = batch_plan(sizes, offsets, clients, steps, batch_size, seed, rnd)
+        self.rnd += 1
+        N = self.fed.num_clients
+        idx, _, _ = batch_plan(self.sizes, self.offsets, torch.arange(N), torch.full((N,), STEPS), BATCH,
+                               self.seed, self.rnd)
         states = []
-        for c in range(fed.num_clients):
-            local = copy.deepcopy(global_model)
-            opt = torch.optim.SGD(local.parameters(), lr=lr)
-            b = min(batch_size, int(sizes[c]))
-            for t in range(local_steps):
+        for c in range(N):
+            local = copy.deepcopy(self.global_model)
+            opt = torch.optim.SGD(local.parameters(), lr=LR)
+            b = min(BATCH, int(self.sizes[c]))
+            for t in range(STEPS):
                 sel = idx[c, t, :b]
                 opt.zero_grad()
-                torch.nn.functional.cross_entropy(local(X[sel]), Y[sel]).backward()
+                torch.nn.functional.cross_entropy(local(self.X[sel]), self.Y[sel]).backward()
                 opt.step()
             states.append(local.state_dict())
-        avg = {k: sum(p[c] * states[c][k] for c in range(fed.num_clients)) for k in states[0]}
-        global_model.load_state_dict(avg)
-        times.append(time.perf_counter() - t0)
-    Xt, yt = fed.pooled("test")
-    with torch.no_grad():
-        acc = float((global_model(Xt).argmax(1) == yt).float().mean()) if len(yt) else float("nan")
-    return 1000 * statistics.median(times), acc
+        avg = {k: sum(self.p[c] * states[c][k] for c in range(N)) for k in states[0]}
+        self.global_model.load_state_dict(avg)
+        return time.perf_counter() - t0
+
+    def accuracy(self) -> float:
+        Xt, yt = self.fed.pooled("test")
+        with torch.no_grad():
+            return float((self.global_model(Xt).argmax(1) == yt).float().mean())
 
 
-def flu_run(model, fed, backend, num_rounds, local_steps, lr, batch_size):
-    hist = flu.run(model, fed, num_rounds=num_rounds, local_steps=local_steps, client_lr=lr, batch_size=batch_size,
-                   backend=backend, eval_every=num_rounds, progress=False)
-    return 1000 * hist.timing.seconds.median(), hist.final("accuracy")
+class PeakRSS:
+    """Peak resident set size above the level at entry, sampled by a thread."""
+
+    def __enter__(self):
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.start = self.peak = self._rss()
+        self.running = True
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _watch(self):
+        while self.running:
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.0002)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.peak = max(self.peak, self._rss())
+        self.growth = self.peak - self.start
+
+
+def _memory_probe(n, which, threads):
+    """In a fresh interpreter: peak RSS growth over one 2-round flu.run call (or one user-loop
+    round) at n clients, per client."""
+    torch.set_num_threads(threads)
+    flu.engine.tune_allocator()
+    fed, model = workload(n), flu.models.mlp(64, 128, 10, seed=0)
+    user = UserLoop(model, fed) if which == "user" else None
+    with PeakRSS() as mem:
+        if user is None:
+            flu_call(model, fed, 2, 2)
+        else:
+            user.round()
+    return mem.growth / n
+
+
+def memory_per_client(n, which):
+    import multiprocessing
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_memory_probe, (n, which, torch.get_num_threads()))
+
+
+def flu_call(model, fed, rounds, eval_every):
+    t0 = time.perf_counter()
+    hist = flu.run(model, fed, "fedavg", num_rounds=rounds, local_steps=STEPS, client_lr=LR, batch_size=BATCH,
+                   eval_every=eval_every, progress=False)
+    wall = time.perf_counter() - t0
+    return 1000 * wall / rounds, 1000 * hist.timing.seconds.median(), hist.final("accuracy")
 
 
 def workload(num_clients):
     if num_clients == 100:
         ds = flu.data.load_dataset("digits")
         part = flu.partition.dirichlet(ds.y, num_clients=100, alpha=0.5, seed=0)
-        return flu.data.federate(ds.X, ds.y, part, seed=0), 64
+        return flu.data.federate(ds.X, ds.y, part, seed=0)
     g = torch.Generator().manual_seed(0)
     W = torch.randn(64, 10, generator=g)
     X = torch.randn(num_clients * 50, 64, generator=g)
     y = (X @ W + 0.5 * torch.randn(len(X), 10, generator=g)).argmax(1)
     part = [range(i * 50, (i + 1) * 50) for i in range(num_clients)]
-    return flu.data.federate(X, y, part, test_fraction=0.2, seed=0), 64
+    return flu.data.federate(X, y, part, test_fraction=0.2, seed=0)
+
+
+def matmul_gflops(n=2048, reps=10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def round_gflop(fed) -> float:
+    """Forward + backward FLOPs of one round: 3 x 2 x weights x samples (biases ignored)."""
+    weights = 64 * 128 + 128 * 10
+    samples = sum(STEPS * min(BATCH, n) for n in fed.sizes)
+    return 6 * weights * samples / 1e9
+
+
+def med(xs):
+    return statistics.median(xs)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--clients", type=int, nargs="*", default=[100, 1000])
+    ap.add_argument("--clients", type=int, nargs="*", default=[100, 1000, 10000])
+    ap.add_argument("--quick", action="store_true", help="fewer rounds and repeats, no 10,000 clients")
+    ap.add_argument("--no-compile", action="store_true", help="skip timing the torch.compile'd chain step")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    clients = [n for n in args.clients if not (args.quick and n > 1000)]
     # flu.run tunes glibc's allocator on first use (flu.engine.tune_allocator); do it up front so
     # that the user's loop, measured first, runs under the same allocator settings.
     flu.engine.tune_allocator()
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.rounds} rounds, FedAvg, 5 local steps of batch 16")
-    print(f"{'clients':>7} {'version':<24} {'ms/round':>9} {'vs user loop':>13} {'accuracy':>9}")
-    for n in args.clients:
-        fed, d = workload(n)
-        model = flu.models.mlp(d, 128, 10, seed=0)
-        rounds = args.rounds if n <= 100 else max(5, args.rounds // 4)
-        res = {"user loop (deepcopy+SGD)": user_loop_fedavg(model, fed, rounds, 5, 0.05, 16),
-               "flu loop backend": flu_run(model, fed, "loop", rounds, 5, 0.05, 16),
-               "flu vectorized": flu_run(model, fed, "vectorized", rounds, 5, 0.05, 16)}
-        base = res["user loop (deepcopy+SGD)"][0]
-        for name, (ms, acc) in res.items():
-            print(f"{n:>7} {name:<24} {ms:>9.1f} {base / ms:>12.1f}x {acc:>9.3f}")
-        print(f"{n:>7} vectorized vs flu loop: {res['flu loop backend'][0] / res['flu vectorized'][0]:.1f}x")
+    load0 = os.getloadavg()
+    gflops = matmul_gflops()
+    print(f"torch {torch.__version__}, {args.threads} threads, FedAvg MLP 64-128-10, {STEPS} local steps of "
+          f"batch {BATCH}; load average {load0[0]:.2f}; one 2048^2 float32 matmul: {gflops:.0f} GFLOP/s")
+    model = flu.models.mlp(64, 128, 10, seed=0)
+    table, user_per_client = [], None
+    for n in clients:
+        fed = workload(n)
+        rounds = (10 if n <= 100 else 5) if not args.quick else 3
+        reps = rounds if n <= 1000 else (5 if not args.quick else 3)
+        user = UserLoop(model, fed) if n <= 1000 else None
+        user1 = UserLoop(model, fed) if n <= 1000 and args.threads > 1 else None   # the same loop on one thread
+        flu_call(model, fed, 1, 1)   # warm-up (first-call costs: imports, allocator)
+        user_s, user1_s, end, per, default_end, accs = [], [], [], [], [], []
+        for i in range(reps):
+            if user is not None:
+                user_s.append(1000 * user.round())
+            if user1 is not None:
+                with torch_threads(1):
+                    user1_s.append(1000 * user1.round())
+            e, r, a = flu_call(model, fed, rounds, rounds)
+            end.append(e), per.append(r), accs.append(a)
+            if i < 3:
+                default_end.append(flu_call(model, fed, rounds, 1)[0])
+        floor_ms = 1000 * round_gflop(fed) / gflops
+        if user is not None:
+            while user.rnd < rounds:   # finish the user's run for its accuracy
+                user_s.append(1000 * user.round())
+            u_ms, u_acc, note = med(user_s), user.accuracy(), ""
+            u1_ms = med(user1_s) if user1_s else u_ms
+            user_per_client = (u_ms / n, u1_ms / n)
+        else:
+            u_ms, u1_ms = user_per_client[0] * n, user_per_client[1] * n
+            u_acc, note = float("nan"), " (user loop extrapolated from 1000 clients)"
+        best = min(u_ms, u1_ms)
+        mem = memory_per_client(n, "flu")
+        user_mem = memory_per_client(n, "user") if user is not None else None
+        row = dict(clients=n, user=u_ms, user1=u1_ms, best=best, end=med(end), per=med(per), default=med(default_end), floor=floor_ms,
+                   u_acc=u_acc, acc=accs[0], mem=mem, user_mem=user_mem, note=note, rounds=rounds)
+        table.append(row)
+        assert len(set(accs)) == 1   # replayable: every call the same
+        print(f"\n{n} clients, {rounds} rounds; user loop {len(user_s)} timed rounds, flu.run {len(end)} calls{note}")
+        print(f"  user loop            {u_ms:9.1f} ms/round   accuracy {u_acc:.4f}   ({args.threads} threads)")
+        print(f"  user loop, 1 thread  {u1_ms:9.1f} ms/round   (ratios below are against the faster of the two)")
+        u_ms = best
+        print(f"  flu.run end to end   {row['end']:9.1f} ms/round   {u_ms / row['end']:6.1f}x   accuracy {row['acc']:.4f}"
+              "   (eval at the end; set-up and History included)")
+        print(f"  flu.run rounds       {row['per']:9.1f} ms/round   {u_ms / row['per']:6.1f}x   (History.timing median)")
+        print(f"  flu.run eval_every=1 {row['default']:9.1f} ms/round   {u_ms / row['default']:6.1f}x   (end to end, "
+              "every client evaluated every round)")
+        print(f"  matmul floor         {floor_ms:9.2f} ms/round   ({round_gflop(fed):.2f} GFLOP); a round takes "
+              f"{row['per'] / floor_ms:.1f}x the floor")
+        print(f"  memory per client    flu.run {row['mem'] / 1024:.1f} KiB" + (
+            f", user loop {row['user_mem'] / 1024:.1f} KiB" if user_mem is not None else "")
+            + " (peak RSS growth / clients)")
+    if not (args.no_compile or args.quick) and 100 in clients:
+        compiled_rounds(model)
+    load1 = os.getloadavg()
+    print(f"\nload average {load0[0]:.2f} at the start, {load1[0]:.2f} at the end")
+    print(f"\n{'clients':>7} {'user ms':>9} {'user 1t':>9} {'flu e2e':>8} {'ratio':>6} {'flu rnd':>8} {'ratio':>6} "
+          f"{'eval=1':>7} {'ratio':>6} {'x floor':>7} {'acc user':>8} {'acc flu':>8} {'KiB/cl':>7}")
+    for r in table:
+        b = r["best"]
+        print(f"{r['clients']:>7} {r['user']:>9.1f} {r['user1']:>9.1f} {r['end']:>8.1f} {b / r['end']:>5.1f}x "
+              f"{r['per']:>8.1f} {b / r['per']:>5.1f}x {r['default']:>7.1f} {b / r['default']:>5.1f}x "
+              f"{r['per'] / r['floor']:>7.1f} {r['u_acc']:>8.4f} {r['acc']:>8.4f} {r['mem'] / 1024:>7.1f}"
+              + ("  *" if r["note"] else ""))
+    print("  ratios: the faster user loop (2 or 1 threads) over flu.run; e2e = whole call / rounds (eval at the end),"
+          " rnd = History.timing median, eval=1 = whole call with the default eval_every=1")
+    if any(r["note"] for r in table):
+        print("  * user loop extrapolated linearly from 1000 clients")
+
+
+def compiled_rounds(model):
+    """The chain step under torch.compile: cold compile time and warm ms/round at 100 clients."""
+    import fedlab_utils.engine.local as local
+    from fedlab_utils.models.batched import chain_sgd_step
+    fed, rounds = workload(100), 10
+    plain = local.chain_sgd_step
+    torch._dynamo.reset()
+    torch._inductor.config.force_disable_caches = True   # a cold compile, not one from the on-disk cache
+    compiled = torch.compile(chain_sgd_step, dynamic=False)
+    local.chain_sgd_step = compiled
+    try:
+        t0 = time.perf_counter()
+        flu_call(model, fed, 1, 1)
+        cold = time.perf_counter() - t0
+        flu_call(model, fed, rounds, rounds)
+        a, b, acc_a, acc_b = [], [], None, None
+        for _ in range(5):
+            local.chain_sgd_step = plain
+            e, r, acc_a = flu_call(model, fed, rounds, rounds)
+            a.append(r)
+            local.chain_sgd_step = compiled
+            e, r, acc_b = flu_call(model, fed, rounds, rounds)
+            b.append(r)
+    finally:
+        local.chain_sgd_step = plain
+    print(f"\ntorch.compile of the chain step, 100 clients: cold compile {cold:.1f} s; warm {med(b):.1f} ms/round vs "
+          f"{med(a):.1f} uncompiled (accuracy {acc_b:.4f} vs {acc_a:.4f}); pays for itself after "
+          + (f"{cold * 1000 / (med(a) - med(b)):.0f} rounds" if med(b) < med(a) else "never"))
 
 
 if __name__ == "__main__":
