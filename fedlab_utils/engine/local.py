@@ -148,16 +148,18 @@ class Trainer:
 
     def _chain(self, x, idx, w, mask, lrs, shift, pull, start, fixed=()):
         """:meth:`_vectorized` for a :func:`~fedlab_utils.models.batched.linear_chain` model, without
-        autograd: each step updates the stacked parameters in place (``chain_sgd_step``), chunk by
-        chunk of clients (views of one output, so nothing is concatenated; within the memory
-        chunks of :meth:`_chunked`) small enough that a chunk's parameters and minibatches stay in
-        cache through its steps. The penalty and
-        correction terms ``l2 W + shift + pull (P - x)`` are taken at each step's starting point,
-        like the gradient."""
-        P = {k: start[k].detach().clone() for k in start}
+        autograd: the first step writes start - lr grad into fresh tensors (no copy of the start;
+        a start shared by all clients runs as shared matmuls), later steps update them in place
+        (``chain_sgd_step``), chunk by chunk of clients (views of one output, so nothing is
+        concatenated; within the memory chunks of :meth:`_chunked`) small enough that a chunk's
+        parameters and minibatches stay in cache through its steps. The penalty and correction
+        terms ``l2 W + shift + pull (P - x)`` are taken at each step's starting point, like the
+        gradient."""
         names = [k for k in start if k not in fixed]
-        if not names:
-            return P
+        if not names or idx.shape[1] == 0:
+            return {k: start[k].detach().clone() for k in start}
+        start = {k: v.detach() for k, v in start.items()}
+        P = {k: torch.empty(v.shape, dtype=v.dtype) if k in names else v.clone() for k, v in start.items()}
         K = idx.shape[0]
         per_client = sum(v[0].numel() * v.element_size() for v in P.values())
         c = max(1, CHAIN_BYTES // max(1, per_client))
@@ -166,27 +168,30 @@ class Trainer:
         with torch.no_grad():
             for a in range(0, K, c):
                 rows = slice(a, min(a + c, K))
-                part = {k: v[rows] for k, v in P.items()}
                 self._chain_steps(x, idx[rows], w[rows], mask[rows], lrs, None if shift is None else
-                                  {k: v[rows] for k, v in shift.items()}, pull, part, names, extra)
+                                  {k: v[rows] for k, v in shift.items()}, pull,
+                                  {k: v[rows] for k, v in start.items()}, {k: v[rows] for k, v in P.items()},
+                                  names, extra)
         return P
 
-    def _chain_steps(self, x, idx, w, mask, lrs, shift, pull, P, names, extra):
-        params, stacked, trained = {**self.frozen, **P}, frozenset(P), frozenset(names)
+    def _chain_steps(self, x, idx, w, mask, lrs, shift, pull, start, P, names, extra):
+        stacked, trained = frozenset(P), frozenset(names)
         at_once = idx.numel() * self.X[0].numel() * self.X.element_size() <= GATHER_BYTES
         Xb, Yb = (self.X[idx], self.Y[idx]) if at_once else (None, None)
         for t in range(idx.shape[1]):
+            cur = start if t == 0 else P   # step 0 reads the start and writes P
             m = mask[:, t]
             full = bool(m.all())
             wt = w[:, t] if full else w[:, t] * m.unsqueeze(1).to(w.dtype)
             terms = {}
             if extra:
                 for k in names:
-                    g = self._grad_terms(torch.zeros((), dtype=P[k].dtype), k, P[k], x, shift, pull)
+                    g = self._grad_terms(torch.zeros((), dtype=cur[k].dtype), k, cur[k], x, shift, pull)
                     if g.dim():
                         terms[k] = g if full else g * m.view(-1, *[1] * (g.dim() - 1)).to(g.dtype)
             xt, yt = (Xb[:, t], Yb[:, t]) if Xb is not None else (self.X[idx[:, t]], self.Y[idx[:, t]])
-            chain_sgd_step(self.chain, params, stacked, trained, xt, yt, wt, self.loss, lrs[t])
+            chain_sgd_step(self.chain, {**self.frozen, **cur}, stacked, trained, xt, yt, wt, self.loss, lrs[t],
+                           out=P if t == 0 else None)
             for k, g in terms.items():
                 P[k].sub_(g, alpha=lrs[t])
 

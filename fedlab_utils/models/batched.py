@@ -92,6 +92,7 @@ def _vmap_fallback(module, params, x, stacked, prefix):
 
 # ------------------------------------------------------------------ hand-written chain step
 
+NARROW = 32   # a stacked Linear with fewer outputs computes its output transposed (2x faster here)
 _ELEMENTWISE = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.Identity: "identity"}
 
 
@@ -153,31 +154,45 @@ def chain_forward(layers: list, params: dict, x: torch.Tensor) -> torch.Tensor:
 
 
 def chain_sgd_step(layers: list, params: dict, stacked: frozenset, trained: frozenset, x: torch.Tensor,
-                   y: torch.Tensor, w: torch.Tensor, loss: str, lr: float) -> None:
+                   y: torch.Tensor, w: torch.Tensor, loss: str, lr: float, out: dict | None = None) -> None:
     """One SGD step ``P_k <- P_k - lr grad_k sum_b w_kb loss(f(P_k; x_kb), y_kb)`` of every client k
-    at once, in place on the stacked tensors of ``params`` named in ``trained``.
+    at once on the stacked tensors of ``params`` named in ``trained``: in place, or into ``out``
+    (same names; then ``params`` is left alone and may hold expanded views, e.g. every client
+    starting from x).
 
     The same arithmetic as autograd on :func:`stacked_forward` (the clients do not interact), with
     the backward pass written out for a :func:`linear_chain`: for a Linear layer z = a W^T + b with
     output gradient G (K, B, out), grad W_k = G_k^T a_k, grad b_k = sum_b G_kb and the input
     gradient G W (taken before W moves); each weight is updated where its gradient is formed
-    (``baddbmm_``), so no (K, ...) gradient buffer exists. The loss gradient at the logits o:
+    (``baddbmm``), so no (K, ...) gradient buffer exists. A stacked tensor that is one value
+    expanded over the clients runs as one shared matmul. The loss gradient at the logits o:
     softmax(o) - onehot(y) for cross-entropy (sigmoid(o) - y for one logit), 2 (o - t) / C for
     MSE, each times w."""
     K, B = x.shape[:2]
+
+    def get(name):   # (tensor, per client?) with an expanded stacked tensor as its one shared value
+        t = params.get(name)
+        if t is None or name not in stacked:
+            return t, False
+        return (t[0], False) if t.stride(0) == 0 else (t, True)
+
     h = x
     saved = []                      # per layer: its input (Linear), output (activations), shape (Flatten)
     for kind, prefix in layers:
         if kind == "linear":
             saved.append(h)
-            W, b = params[prefix + "weight"], params.get(prefix + "bias")
-            if prefix + "weight" in stacked:
-                bias = None if b is None else (b.unsqueeze(1) if prefix + "bias" in stacked else b.expand(K, 1, -1))
+            (W, Wk), (b, bk) = get(prefix + "weight"), get(prefix + "bias")
+            if Wk and W.shape[1] < NARROW:   # few outputs: z^T = W a^T is faster
+                bias = None if b is None else (b.unsqueeze(2) if bk else b.view(1, -1, 1).expand(K, -1, 1))
+                hT = h.transpose(1, 2)
+                h = (torch.bmm(W, hT) if bias is None else torch.baddbmm(bias, W, hT)).transpose(1, 2)
+            elif Wk:
+                bias = None if b is None else (b.unsqueeze(1) if bk else b.expand(K, 1, -1))
                 h = torch.bmm(h, W.transpose(1, 2)) if bias is None else torch.baddbmm(bias, h, W.transpose(1, 2))
             else:
                 h = h @ W.T
                 if b is not None:
-                    h = h + (b.unsqueeze(1) if prefix + "bias" in stacked else b)
+                    h = h + (b.unsqueeze(1) if bk else b)
         elif kind == "flatten":
             saved.append(h.shape)
             h = h.reshape(K, B, -1)
@@ -198,14 +213,21 @@ def chain_sgd_step(layers: list, params: dict, stacked: frozenset, trained: froz
         kind, prefix = layers[i]
         if kind == "linear":
             a = saved[i]
-            W, b = params[prefix + "weight"], params.get(prefix + "bias")
+            wn, bn = prefix + "weight", prefix + "bias"
+            W, Wk = get(wn)
             grad_in = None
             if need[i]:
-                grad_in = torch.bmm(G, W) if prefix + "weight" in stacked else G @ W
-            if prefix + "weight" in trained:
-                W.baddbmm_(G.transpose(1, 2), a, alpha=-lr)
-            if b is not None and prefix + "bias" in trained:
-                b.sub_(G.sum(1), alpha=lr)
+                grad_in = torch.bmm(G, W) if Wk else G @ W
+            if wn in trained:
+                if out is None:
+                    params[wn].baddbmm_(G.transpose(1, 2), a, alpha=-lr)
+                else:
+                    torch.baddbmm(params[wn], G.transpose(1, 2), a, alpha=-lr, out=out[wn])
+            if bn in trained and params.get(bn) is not None:
+                if out is None:
+                    params[bn].sub_(G.sum(1), alpha=lr)
+                else:
+                    torch.sub(params[bn], G.sum(1), alpha=lr, out=out[bn])
             G = grad_in
         elif kind == "flatten":
             G = G.reshape(saved[i])
