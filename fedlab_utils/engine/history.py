@@ -41,8 +41,8 @@ def metrics_frame(rows: dict) -> pd.DataFrame:
     """The pinned ``metrics`` table from column lists (client None/-1 -> <NA>)."""
     df = pd.DataFrame({c: rows.get(c, []) for c in METRIC_COLUMNS})
     df["round"] = df["round"].astype("int64")
-    client = pd.array([None if (pd.isna(c) or c < 0) else int(c) for c in df["client"]], dtype="Int64")
-    df["client"] = client
+    client = pd.to_numeric(df["client"], errors="raise")  # None -> NaN, one pass over the column
+    df["client"] = client.where(client >= 0).astype("Int64")
     df["split"] = df["split"].astype(str)
     df["model"] = df["model"].astype(str)
     df["metric"] = df["metric"].astype(str)
