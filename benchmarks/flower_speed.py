@@ -26,6 +26,14 @@ moves with it. Flower's start-up (Ray with 2 one-CPU actors, each importing torc
 package) was 100 s here, 25 s of it ``ray.init``. 1000 clients (``--clients 1000``) were not
 measured: about 10x the messages per round.
 
+A second run after the engine's hand-written chain step (``--threads 2``, load average about 1):
+
+        100 flu.run (vectorized)              12.9        0.2         1x   0.0e+00
+        100 flu.flower inprocess             511.1        0.0        40x   3.0e-08
+        100 flu.flower simulation (Ray)      914.6       30.5        71x   4.5e-08
+
+Both sides ran 3-4x faster on the quieter machine and the ratio stayed at 71x, still under 150x.
+
 The per-round cost on Flower is the message traffic (each SuperNode gets x and returns its
 delta through Ray's object store and the in-memory SuperLink, which polls every 0.1 s) and a
 ClientApp call per client; flu.run trains the 100 clients as one stacked computation.
