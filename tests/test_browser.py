@@ -573,73 +573,66 @@ def _move_every_control(page, scope: str, shot: str, idle) -> list[str]:
 
 # --- the tests ------------------------------------------------------------------------------
 
-def _drive_lab(lab: LabServer, context, name: str, shot: str) -> None:
+def _open_in_lab(page, lab: LabServer, name: str):
+    """JupyterLab: open the notebook, Run All; return the scope and the idle test to move in."""
+    _open_notebook(page, lab, name)
+    _run_all(page)
+    return PANEL, _lab_idle
+
+
+def _open_in_voila(page, voila: VoilaServer, name: str):
+    """Voila: render the dashboard (it runs every cell itself); no code, no traceback shown."""
+    page.goto(f"{voila.url}/voila/render/{name}", wait_until="commit", timeout=RUN_ALL_TIMEOUT_S * 1000)
+    page.wait_for_selector(".jp-CodeCell .widget-output", timeout=RUN_ALL_TIMEOUT_S * 1000)
+    page.wait_for_function("() => !document.querySelector('#loading, .voila-spinner')",
+                           timeout=RUN_ALL_TIMEOUT_S * 1000, polling=500)
+    assert page.locator(".jp-CodeCell .jp-InputArea:visible").count() == 0, "the dashboard shows code"
+    errors = _errors(page, "body")
+    assert not errors, f"the dashboard shows a traceback:\n{errors[0]}"
+    return "body", lambda p: True   # a dashboard has no execution indicator: stable output suffices
+
+
+def _drive(server: Server, context, name: str, shot: str, open_) -> None:
+    """Open ``name`` with ``open_``, move every control, keep screenshots (also of a failure)."""
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / f"{shot}-failure.png").unlink(missing_ok=True)
     page = context.new_page()
     started = time.perf_counter()
     try:
-        _open_notebook(page, lab, name)
-        _run_all(page)
-        log = _move_every_control(page, PANEL, shot, _lab_idle)
-        page.screenshot(path=str(ARTIFACTS / f"{shot}.png"))
-        print(f"{name}: {len(log)} controls, {time.perf_counter() - started:.1f} s")
+        scope, idle = open_(page, server, name)
+        log = _move_every_control(page, scope, shot, idle)
+        page.screenshot(path=str(ARTIFACTS / f"{shot}.png"), full_page=True)
+        print(f"{server.name} {name}: {len(log)} controls, {time.perf_counter() - started:.1f} s")
     except BaseException:
         try:
             page.screenshot(path=str(ARTIFACTS / f"{shot}-failure.png"), full_page=True)
         except Exception:
             pass
-        print(lab.log_tail())
+        print(server.log_tail())
         raise
     finally:
         page.close()
-        lab.shutdown_kernels()
+        server.shutdown_kernels()
 
 
 @browser
 @slow
 def test_fixture_slider_redraws_plot_in_jupyterlab(lab, browser_context):
-    _drive_lab(lab, browser_context, FIXTURE_NAME, "browser_widget_demo")
+    _drive(lab, browser_context, FIXTURE_NAME, "browser_widget_demo", _open_in_lab)
 
 
 @browser
 @slow
 @pytest.mark.parametrize("name", NOTEBOOKS, ids=[n.removesuffix(".ipynb") for n in NOTEBOOKS])
 def test_every_control_redraws_in_jupyterlab(name, lab, browser_context):
-    _drive_lab(lab, browser_context, name, f"browser_{Path(name).stem}")
+    _drive(lab, browser_context, name, f"browser_{Path(name).stem}", _open_in_lab)
 
 
 @browser
 @slow
 @pytest.mark.parametrize("name", DASHBOARDS, ids=[n.removesuffix(".ipynb") for n in DASHBOARDS])
 def test_every_control_redraws_in_voila_dashboard(name, voila, browser_context):
-    shot = f"voila_{Path(name).stem}"
-    ARTIFACTS.mkdir(exist_ok=True)
-    page = browser_context.new_page()
-    started = time.perf_counter()
-    try:
-        page.goto(f"{voila.url}/voila/render/{name}", wait_until="commit",
-                  timeout=RUN_ALL_TIMEOUT_S * 1000)
-        # Voila runs every cell before the page is complete; code cells are not shown.
-        page.wait_for_selector(".jp-CodeCell .widget-output", timeout=RUN_ALL_TIMEOUT_S * 1000)
-        page.wait_for_function("() => !document.querySelector('#loading, .voila-spinner')",
-                               timeout=RUN_ALL_TIMEOUT_S * 1000, polling=500)
-        assert page.locator(".jp-CodeCell .jp-InputArea:visible").count() == 0, "the dashboard shows code"
-        errors = _errors(page, "body")
-        assert not errors, f"the dashboard shows a traceback:\n{errors[0]}"
-        log = _move_every_control(page, "body", shot, lambda p: True)
-        page.screenshot(path=str(ARTIFACTS / f"{shot}.png"), full_page=True)
-        print(f"voila {name}: {len(log)} controls, {time.perf_counter() - started:.1f} s")
-    except BaseException:
-        try:
-            page.screenshot(path=str(ARTIFACTS / f"{shot}-failure.png"), full_page=True)
-        except Exception:
-            pass
-        print(voila.log_tail())
-        raise
-    finally:
-        page.close()
-        voila.shutdown_kernels()
+    _drive(voila, browser_context, name, f"voila_{Path(name).stem}", _open_in_voila)
 
 
 # --- without a browser: the harness's own promises --------------------------------------------
