@@ -452,6 +452,13 @@ def _value(control, kind: str) -> str:
     return ""
 
 
+def _options(control, kind: str) -> int:
+    """How many values a choice offers."""
+    if kind == "widget-dropdown":
+        return control.locator("select option").count()
+    return control.locator("button, input").count()
+
+
 def _move(page, control, kind: str) -> tuple[str, str]:
     """Change ``control`` once the way a person would; return its value before and after."""
     control.scroll_into_view_if_needed()
@@ -516,9 +523,26 @@ def _wait_redraw(page, cell, before: str, idle) -> str:
     return last
 
 
+def _move_and_check(page, cell, control, kind: str, idle) -> tuple[str, str, str | None]:
+    """Move ``control`` once and wait for ``cell``'s output to change: (before, after, problem)."""
+    signature = cell.evaluate(_CELL_SIGNATURE_JS)
+    before, after = _move(page, control, kind)
+    if before == after:
+        return before, after, f"could not be moved (value stayed {before!r})"
+    try:
+        _wait_redraw(page, cell, signature, idle)
+    except Exception:
+        return before, after, f"{before} -> {after} changed nothing within {REDRAW_TIMEOUT_S} s"
+    return before, after, None
+
+
 def _move_every_control(page, scope: str, shot: str, idle) -> list[str]:
     """Move every enabled, visible control of every widget cell in ``scope``; return a log line
-    per control; raise listing every control that changed nothing (or broke the cell)."""
+    per control; raise listing every control that changed nothing (or broke the cell).
+
+    Choices (dropdowns, toggle buttons) go last: a choice may disable the controls it makes
+    irrelevant, which are moved first, in the setting where they apply. Controls disabled at
+    first (K under full participation, say) get a second visit after the choices."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     cells = page.locator(f"{scope} .jp-CodeCell").filter(has=page.locator(CONTROL))
     assert cells.count() > 0, "no cell with widget controls"
@@ -531,33 +555,38 @@ def _move_every_control(page, scope: str, shot: str, idle) -> list[str]:
             continue
         panels += 1
         moved = 0
-        # Choices last: a dropdown may disable the controls it makes irrelevant, which are then
-        # moved first, in the setting where they apply.
         kinds = [controls.nth(k).evaluate(_CONTROL_STATE_JS)["kind"] for k in range(controls.count())]
-        order = sorted(range(len(kinds)), key=lambda k: kinds[k] in CHOICES)
-        for k in order:
+        pending = sorted(range(len(kinds)), key=lambda k: kinds[k] in CHOICES)
+
+        def visit(k) -> bool:
+            """Move control k if it is enabled and visible (record the outcome); False if not."""
+            nonlocal moved
             control = controls.nth(k)
             state = control.evaluate(_CONTROL_STATE_JS)
             name = f"cell {c} {state['kind'].removeprefix('widget-')} {state['label']!r}"
             if state["hidden"] or state["disabled"]:
-                log.append(f"{name}: skipped ({'hidden' if state['hidden'] else 'disabled'})")
-                continue
-            signature = cell.evaluate(_CELL_SIGNATURE_JS)
+                return False
             t0 = time.perf_counter()
-            before, after = _move(page, control, state["kind"])
-            if before == after:
-                failures.append(f"{name}: could not be moved (value stayed {before!r})")
-                continue
-            try:
-                _wait_redraw(page, cell, signature, idle)
-            except Exception:
-                failures.append(f"{name}: {before} -> {after} changed nothing within {REDRAW_TIMEOUT_S} s")
-                continue
+            before, after, problem = _move_and_check(page, cell, control, state["kind"], idle)
+            if problem:
+                failures.append(f"{name}: {problem}")
+                return True
             moved += 1
             seconds = time.perf_counter() - t0
             log.append(f"{name}: {before} -> {after}, redrawn in {seconds:.1f} s")
             redraws.append({"cell": c, "control": state["label"], "kind": state["kind"],
                             "before": before, "after": after, "seconds": round(seconds, 2)})
+            return True
+
+        for _ in range(2):
+            pending = [k for k in pending if not visit(k)]
+        # Still disabled: step a choice through its options until the control applies.
+        choices = [j for j, kind in enumerate(kinds) if kind in CHOICES]
+        for k in pending:
+            tries = [j for j in choices for _ in range(max(1, _options(controls.nth(j), kinds[j]) - 1))]
+            if not any(visit(j) and visit(k) for j in tries):
+                state = controls.nth(k).evaluate(_CONTROL_STATE_JS)
+                log.append(f"cell {c} {state['label']!r}: never enabled by any choice (skipped)")
         if moved == 0:
             failures.append(f"cell {c}: no control could be moved")
         cell.screenshot(path=str(SHOTS / f"{shot}-cell{c}.png"))
