@@ -46,19 +46,7 @@ import time
 import torch
 
 import fedlab_utils as flu
-
-
-def workload(num_clients):
-    if num_clients == 100:
-        ds = flu.data.load_dataset("digits")
-        part = flu.partition.dirichlet(ds.y, num_clients=100, alpha=0.5, seed=0)
-        return flu.data.federate(ds.X, ds.y, part, seed=0)
-    g = torch.Generator().manual_seed(0)
-    W = torch.randn(64, 10, generator=g)
-    X = torch.randn(num_clients * 50, 64, generator=g)
-    y = (X @ W + 0.5 * torch.randn(len(X), 10, generator=g)).argmax(1)
-    part = [range(i * 50, (i + 1) * 50) for i in range(num_clients)]
-    return flu.data.federate(X, y, part, test_fraction=0.2, seed=0)
+from engine_speed import workload  # the engine benchmark's data (benchmarks/ is on sys.path)
 
 
 def timed(fn):
